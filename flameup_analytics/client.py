@@ -1,0 +1,389 @@
+"""The public client."""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import threading
+import time
+import types
+import urllib.parse
+from collections.abc import Mapping
+from typing import Any
+
+from . import lifecycle
+from ._version import __version__
+from .delivery import Outcome, Result, api_error, deliver
+from .errors import APIError, ConfigurationError, DeliveryError
+from .ledger import ErrorCallback, Ledger, Stats
+from .message import IDENTIFY, TRACK, Message, identify_body, new_key, track_body, transactional_body
+from .queue import MessageQueue
+from .retry import RetryPolicy
+from .spool import NoSpool
+from .transport import Request, RequestsTransport, Transport
+from .worker import Worker
+
+logger = logging.getLogger("flameup_analytics")
+
+DEFAULT_HOST = "https://api.flameup.ai"
+USER_AGENT = (
+    f"flameup-analytics-python/{__version__} "
+    f"(python {platform.python_version()}; {platform.system().lower() or 'unknown'})"
+)
+_UNSET: Any = object()
+
+
+class Client:
+    """A Flameup client: non-blocking ``track``/``identify`` plus the synchronous API calls.
+
+    See ``docs/configuration.md`` for every option. Safe to share between threads; create one per
+    process and reuse it.
+    """
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        workspace_id: str | None = None,
+        *,
+        host: str | None = None,
+        flush_at: int = 100,
+        flush_interval: float = 0.5,
+        max_queue_size: int = 10_000,
+        max_concurrency: int = 8,
+        timeout: float = 10.0,
+        max_retries: int = _UNSET,
+        max_message_bytes: int = 32 * 1024,
+        shutdown_timeout: float = 2.0,
+        sync_mode: bool = False,
+        disabled: bool = False,
+        on_error: ErrorCallback | None = None,
+        debug: bool = False,
+        retry: RetryPolicy | None = None,
+        transport: Transport | None = None,
+    ) -> None:
+        self.api_key = _resolve_api_key(api_key, disabled)
+        self.workspace_id = _resolve_workspace_id(workspace_id)
+        self.host = _resolve_host(host)
+        _require(flush_at >= 1, "flush_at must be >= 1")
+        _require(flush_interval > 0, "flush_interval must be > 0")
+        _require(max_queue_size >= 1, "max_queue_size must be >= 1")
+        _require(max_concurrency >= 1, "max_concurrency must be >= 1")
+        _require(timeout > 0, "timeout must be > 0")
+        _require(max_message_bytes >= 64, "max_message_bytes must be >= 64")
+        _require(shutdown_timeout >= 0, "shutdown_timeout must be >= 0")
+        retry = retry or RetryPolicy()
+        if max_retries is not _UNSET:
+            _require(max_retries >= 0, "max_retries must be >= 0")
+            retry = RetryPolicy(
+                max_retries=max_retries,
+                backoff_factor=retry.backoff_factor,
+                max_backoff=retry.max_backoff,
+                max_retry_after=retry.max_retry_after,
+            )
+        self.retry = retry
+        self.flush_at = flush_at
+        self.flush_interval = flush_interval
+        self.max_queue_size = max_queue_size
+        self.max_concurrency = max_concurrency
+        self.timeout = timeout
+        self.max_message_bytes = max_message_bytes
+        self.shutdown_timeout = shutdown_timeout
+        self.sync_mode = sync_mode
+        self.disabled = disabled
+        self.on_error = on_error
+        if debug:
+            _enable_debug_logging()
+
+        self._own_transport = transport is None
+        self._transport: Transport = transport or RequestsTransport(pool_size=max_concurrency)
+        base = self.host + "/api/v1"
+        workspace = urllib.parse.quote(self.workspace_id or "", safe="")
+        self._urls = {TRACK: base + "/track", IDENTIFY: f"{base}/workspaces/{workspace}/people"}
+        self._workspace_base = f"{base}/workspaces/{workspace}"
+        self._headers = {
+            "Authorization": f"Bearer {self.api_key}",
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+            "User-Agent": USER_AGENT,
+        }
+        self._closed = False
+        self._reset_runtime()
+        lifecycle.register(self)
+
+    def _reset_runtime(self) -> None:
+        """(Re)create what belongs to one process: queue, worker, locks, counters."""
+        self._queue = MessageQueue(self.max_queue_size, self.flush_at)
+        self._ledger = Ledger(NoSpool(), self.on_error)
+        self._worker: Worker | None = None
+        self._worker_lock = threading.Lock()
+        self._shutdown_lock = threading.Lock()
+        #: Accepted messages that never entered the queue (queue full, sync mode, closed).
+        self._bypassed = 0
+        #: One flag for the hot path: anything but "queue it" takes the slow branch.
+        self._queue_directly = not (self.disabled or self.sync_mode or self._closed)
+
+    def _after_fork_in_child(self) -> None:
+        """Start empty in a forked child: the parent still owns, and delivers, what it had queued.
+        The parent's pooled connections are left alone (sharing a socket would mix up replies)."""
+        if self._own_transport:
+            self._transport = RequestsTransport(pool_size=self.max_concurrency)
+        self._reset_runtime()
+
+    # --- the hot path -------------------------------------------------------------------------
+
+    def track(
+        self,
+        external_id: str,
+        event: str,
+        parameters: Mapping[str, Any] | None = None,
+        *,
+        timestamp: Any = None,
+    ) -> None:
+        """Record that ``external_id`` did ``event``. Returns at once; delivery is in the background.
+
+        Raises :class:`ValidationError` for arguments that cannot make a valid message.
+        ``timestamp`` (a ``datetime``; naive means UTC) defaults to now.
+        """
+        user_id, body = track_body(external_id, event, parameters, timestamp, self.max_message_bytes)
+        message = Message(TRACK, user_id, body, new_key())
+        if self._queue_directly and self._queue.put(message):
+            if self._worker is None:
+                self._start_worker()
+            return
+        self._enqueue_slowly(message)
+
+    def identify(self, user_id: str, traits: Mapping[str, Any] | None = None) -> None:
+        """Create or update the person ``user_id`` with ``traits``. Returns at once."""
+        if self.workspace_id is None:
+            raise _missing_workspace("identify()")
+        user_id, body = identify_body(user_id, traits, self.max_message_bytes)
+        message = Message(IDENTIFY, user_id, body, new_key())
+        if self._queue_directly and self._queue.put(message):
+            if self._worker is None:
+                self._start_worker()
+            return
+        self._enqueue_slowly(message)
+
+    def _enqueue_slowly(self, message: Message) -> None:
+        if self.disabled:
+            return
+        with self._shutdown_lock:
+            self._bypassed += 1
+        if self.sync_mode and not self._closed:
+            self._ledger.record(message, self._deliver_message(message, None))
+        elif self._closed:
+            self._ledger.hand_on([message], DeliveryError("closed", "the client was shut down"))
+        else:
+            full = f"the memory queue is full (max_queue_size={self.max_queue_size})"
+            self._ledger.hand_on([message], DeliveryError("queue_full", full))
+
+    def _start_worker(self) -> None:
+        with self._worker_lock:
+            if self._worker is not None:
+                return
+            worker = Worker(
+                self._queue,
+                self._ledger,
+                self._deliver_message,
+                batch_size=self.flush_at,
+                flush_interval=self.flush_interval,
+                max_concurrency=self.max_concurrency,
+            )
+            worker.start()
+            self._worker = worker
+
+    # --- delivery ------------------------------------------------------------------------------
+
+    def _deliver_message(self, message: Message, abort: threading.Event | None) -> Outcome:
+        """Deliver one queued message; bounded by the retry budget (worker) or by ``timeout`` (sync)."""
+        headers = dict(self._headers)
+        headers["Idempotency-Key"] = message.key
+        request = Request("POST", self._urls[message.kind], headers, message.body)
+        return deliver(
+            self._transport,
+            request,
+            self.retry,
+            timeout=self.timeout,
+            abort=abort or threading.Event(),
+            deadline=None if abort else time.monotonic() + self.timeout,
+            on_retry=self._ledger.count_retry,
+        )
+
+    def _call(self, method: str, path: str, body: bytes | None = None) -> Any:
+        """A synchronous API call with retries, bounded by ``timeout``; the decoded JSON answer."""
+        headers = dict(self._headers)
+        if body is not None:
+            headers["Idempotency-Key"] = new_key()
+        request = Request(method, self._workspace_base + path, headers, body)
+        outcome = deliver(
+            self._transport,
+            request,
+            self.retry,
+            timeout=self.timeout,
+            abort=threading.Event(),
+            deadline=time.monotonic() + self.timeout,
+        )
+        if outcome.result is Result.DELIVERED:
+            assert outcome.response is not None
+            try:
+                return outcome.response.json()
+            except ValueError as exc:
+                raise APIError(f"the API answered with invalid JSON: {exc}", status=outcome.status) from exc
+        if outcome.response is not None:
+            raise api_error(outcome.response)
+        raise APIError(f"no answer from the API after {outcome.attempts} attempt(s): {outcome.error}")
+
+    # --- synchronous calls ---------------------------------------------------------------------
+
+    def send_transactional(
+        self,
+        user_id: str,
+        template_id: str,
+        channel: str,
+        variables: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Send a transactional message now; return the API's answer. Raises :class:`APIError`."""
+        if self.workspace_id is None:
+            raise _missing_workspace("send_transactional()")
+        body = transactional_body(user_id, template_id, channel, variables, self.max_message_bytes)
+        answer = self._call("POST", "/transactional/send", body)
+        return answer if isinstance(answer, dict) else {}
+
+    def get_person(self, user_id: str) -> dict[str, Any] | None:
+        """The person whose external id is ``user_id``, or None. Raises :class:`APIError`."""
+        if self.workspace_id is None:
+            raise _missing_workspace("get_person()")
+        from .message import require_id
+
+        user_id = require_id(user_id, "user_id")
+        answer = self._call("GET", "/people/search?" + urllib.parse.urlencode({"external_id": user_id}))
+        people = answer.get("people") if isinstance(answer, dict) else None
+        if not people:
+            return None
+        person = people[0]
+        return person if isinstance(person, dict) else None
+
+    # --- flush, shutdown, stats ------------------------------------------------------------------
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Deliver what was enqueued before this call. True when every such message reached a
+        final state (delivered, rejected, spooled or dropped) within ``timeout`` seconds, else False.
+        Never raises, never waits longer than ``timeout``."""
+        try:
+            worker = self._worker
+            if worker is None:
+                return len(self._queue) == 0
+            return worker.wait_settled(self._queue.mark(), max(0.0, timeout))
+        except Exception:
+            logger.exception("flush() failed")
+            return False
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        """Stop intake, deliver what can be delivered within ``timeout`` (default
+        ``shutdown_timeout``), and hand the rest to the spool. Idempotent; never raises."""
+        deadline = time.monotonic() + (self.shutdown_timeout if timeout is None else max(0.0, timeout))
+        with self._shutdown_lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._queue_directly = False
+        lifecycle.unregister(self)
+        try:
+            worker = self._worker
+            if worker is not None:
+                worker.stop()
+                if not worker.join(deadline - time.monotonic()):
+                    leftovers = worker.take_unsettled()
+                    if leftovers:
+                        logger.warning(
+                            "shutdown deadline reached with %d message(s) undelivered", len(leftovers)
+                        )
+                        self._ledger.hand_on(
+                            leftovers, DeliveryError("shutdown", "the shutdown deadline passed")
+                        )
+            if self._own_transport:
+                self._transport.close()
+        except Exception:
+            logger.exception("shutdown() failed")
+
+    def stats(self) -> Stats:
+        """A snapshot of this client's counters (see :class:`Stats`)."""
+        worker = self._worker
+        queued = worker.unsettled_count() if worker else len(self._queue)
+        enqueued = self._queue.mark() + self._bypassed
+        return self._ledger.snapshot(queued=queued, enqueued=enqueued)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: types.TracebackType | None,
+    ) -> None:
+        self.shutdown()
+
+    def __repr__(self) -> str:
+        return f"<flameup_analytics.Client host={self.host!r} workspace_id={self.workspace_id!r}>"
+
+
+# --- configuration -------------------------------------------------------------------------------
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigurationError(message)
+
+
+def _resolve_api_key(api_key: str | None, disabled: bool) -> str:
+    key = (api_key if api_key is not None else os.environ.get("FLAMEUP_API_KEY", "")).strip()
+    if not key:
+        if disabled:
+            return ""
+        raise ConfigurationError(
+            "no API key: pass api_key=... or set the FLAMEUP_API_KEY environment variable "
+            "(keys look like ws_live_abc12345_abc123.your_secret_here)"
+        )
+    if any(character.isspace() for character in key):
+        raise ConfigurationError("the API key contains white space: check FLAMEUP_API_KEY / api_key")
+    return key
+
+
+def _resolve_workspace_id(workspace_id: str | None) -> str | None:
+    value = (workspace_id if workspace_id is not None else os.environ.get("FLAMEUP_WORKSPACE_ID", "")).strip()
+    return value or None
+
+
+def _resolve_host(host: str | None) -> str:
+    value = (host if host is not None else os.environ.get("FLAMEUP_HOST", "")).strip() or DEFAULT_HOST
+    parts = urllib.parse.urlsplit(value)
+    path = parts.path.rstrip("/")
+    if path.endswith("/api/v1"):  # a common slip: the base URL instead of the host
+        path = path[: -len("/api/v1")]
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise ConfigurationError(
+            f"unusable host {value!r}: pass host=... or set FLAMEUP_HOST to a URL like "
+            f"{DEFAULT_HOST} (scheme and host name, without /api/v1)"
+        )
+    try:
+        parts.port  # noqa: B018 - raises for a port that is not a number or out of range
+    except ValueError as exc:
+        raise ConfigurationError(f"unusable host {value!r}: {exc}; set FLAMEUP_HOST") from None
+    return f"{parts.scheme}://{parts.netloc}{path}"
+
+
+def _missing_workspace(call: str) -> ConfigurationError:
+    return ConfigurationError(
+        f"{call} needs a workspace id: pass workspace_id=... or set FLAMEUP_WORKSPACE_ID"
+    )
+
+
+def _enable_debug_logging() -> None:
+    sdk_logger = logging.getLogger("flameup_analytics")
+    sdk_logger.setLevel(logging.DEBUG)
+    if not sdk_logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+        sdk_logger.addHandler(handler)

@@ -1,0 +1,93 @@
+"""One request to the API, retried under a :class:`RetryPolicy` until it reaches a final outcome.
+
+Shared by the background worker (one call per message) and the synchronous calls.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .errors import APIError, FlameupError, TransportError
+from .retry import AUTH_STATUSES, RetryPolicy, parse_retry_after
+from .transport import Request, Response, Transport
+
+
+class Result(enum.Enum):
+    DELIVERED = "delivered"
+    #: A 4xx other than 401/403: the message itself is wrong and no retry can help.
+    REJECTED = "rejected"
+    #: 401/403: the key is wrong; the message is kept for when it is fixed.
+    UNAUTHORIZED = "unauthorized"
+    #: The retry budget, the deadline or a too-long ``Retry-After`` ended the retries.
+    EXHAUSTED = "exhausted"
+    #: Shutdown interrupted a wait between attempts.
+    ABORTED = "aborted"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    result: Result
+    attempts: int
+    response: Response | None = None
+    error: FlameupError | None = None
+
+    @property
+    def status(self) -> int | None:
+        return None if self.response is None else self.response.status
+
+
+def api_error(response: Response) -> APIError:
+    return APIError(response.error_message(), status=response.status, body=response.body)
+
+
+def deliver(
+    transport: Transport,
+    request: Request,
+    policy: RetryPolicy,
+    *,
+    timeout: float,
+    abort: threading.Event,
+    deadline: float | None = None,
+    on_retry: Callable[[], None] | None = None,
+) -> Outcome:
+    """Send ``request`` until it succeeds, fails for good, runs out of retries or is aborted.
+
+    ``deadline`` (a ``time.monotonic()`` value) bounds the whole call, waits and attempts included.
+    Waits between attempts end early when ``abort`` is set, so shutdown deadlines hold.
+    """
+    waits = policy.waits()
+    attempts = 0
+    while True:
+        attempts += 1
+        attempt_timeout = timeout if deadline is None else min(timeout, deadline - time.monotonic())
+        if attempt_timeout <= 0:
+            return Outcome(Result.EXHAUSTED, attempts - 1, error=TransportError("deadline passed"))
+        retry_after = None
+        response: Response | None = None
+        try:
+            response = transport.send(request, attempt_timeout)
+        except TransportError as exc:
+            error: FlameupError = exc
+        else:
+            status = response.status
+            if 200 <= status < 300:
+                return Outcome(Result.DELIVERED, attempts, response)
+            error = api_error(response)
+            if status in AUTH_STATUSES:
+                return Outcome(Result.UNAUTHORIZED, attempts, response, error)
+            if not policy.is_retryable(status):
+                return Outcome(Result.REJECTED, attempts, response, error)
+            retry_after = parse_retry_after(response.header("Retry-After"))
+        if attempts > policy.max_retries:
+            return Outcome(Result.EXHAUSTED, attempts, response, error)
+        delay = policy.delay(waits, retry_after)
+        if delay is None or (deadline is not None and time.monotonic() + delay >= deadline):
+            return Outcome(Result.EXHAUSTED, attempts, response, error)
+        if on_retry is not None:
+            on_retry()
+        if abort.wait(delay):
+            return Outcome(Result.ABORTED, attempts, response, error)

@@ -1,0 +1,161 @@
+"""Where every message ends, counted exactly once: delivered, rejected, dropped or spooled.
+
+The :class:`Ledger` owns the counters behind :meth:`Client.stats`, reports losses to ``on_error``
+and hands undeliverable messages to the spool.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from .delivery import Outcome, Result
+from .errors import DeliveryError, FlameupError
+from .message import Message
+from .spool import Spool
+
+logger = logging.getLogger("flameup_analytics")
+
+ErrorCallback = Callable[[FlameupError, list[Message]], object]
+
+#: Warnings about lost messages are repeated at most this often, so a long outage can't flood logs.
+WARNING_INTERVAL = 60.0
+
+
+@dataclass(frozen=True)
+class Stats:
+    """A snapshot of a client's counters.
+
+    Every message accepted by ``track``/``identify`` is counted in ``enqueued`` and is, at any
+    moment, in exactly one of ``queued``, ``delivered``, ``rejected``, ``dropped`` or ``spooled``.
+    """
+
+    #: Waiting in memory now, including requests in flight.
+    queued: int
+    #: Accepted by ``track``/``identify`` since the client started (in this process).
+    enqueued: int
+    #: Accepted by the API (2xx).
+    delivered: int
+    #: Refused for good by the API (a 4xx other than 401/403); reported to ``on_error``.
+    rejected: int
+    #: Retry attempts made (one message may be retried several times).
+    retried: int
+    #: Lost by the SDK's own choice (queue and spool both full or off); reported to ``on_error``.
+    dropped: int
+    #: Written to the disk spool, to be delivered later.
+    spooled: int
+    #: Read back from the spool and handed to the worker.
+    replayed: int
+    #: Failures inside the SDK that were caught so the worker keeps running.
+    internal_errors: int
+
+
+class Ledger:
+    def __init__(self, spool: Spool, on_error: ErrorCallback | None) -> None:
+        self._spool = spool
+        self._on_error = on_error
+        self._lock = threading.Lock()
+        self.enqueued = 0
+        self.delivered = 0
+        self.rejected = 0
+        self.retried = 0
+        self.dropped = 0
+        self.spooled = 0
+        self.replayed = 0
+        self.internal_errors = 0
+        self._last_warning = -WARNING_INTERVAL
+        self._auth_failure_logged = False
+
+    def snapshot(self, queued: int, enqueued: int) -> Stats:
+        with self._lock:
+            return Stats(
+                queued=queued,
+                enqueued=enqueued,
+                delivered=self.delivered,
+                rejected=self.rejected,
+                retried=self.retried,
+                dropped=self.dropped,
+                spooled=self.spooled,
+                replayed=self.replayed,
+                internal_errors=self.internal_errors,
+            )
+
+    def count_retry(self) -> None:
+        with self._lock:
+            self.retried += 1
+
+    def count_internal_error(self) -> None:
+        with self._lock:
+            self.internal_errors += 1
+
+    def record(self, message: Message, outcome: Outcome) -> None:
+        """Count a message whose delivery ended with ``outcome``."""
+        result = outcome.result
+        if result is Result.DELIVERED:
+            with self._lock:
+                self.delivered += 1
+        elif result is Result.REJECTED:
+            assert outcome.error is not None
+            self.reject([message], outcome.error)
+        else:
+            self.hand_on([message], self.undelivered_error(outcome))
+
+    def undelivered_error(self, outcome: Outcome) -> DeliveryError:
+        if outcome.result is Result.UNAUTHORIZED:
+            if not self._auth_failure_logged:
+                self._auth_failure_logged = True
+                logger.error(
+                    "the Flameup API refused the API key (HTTP %s: %s). Messages are kept, not "
+                    "dropped; check FLAMEUP_API_KEY / api_key. Logged once per client.",
+                    outcome.status,
+                    outcome.error,
+                )
+            return DeliveryError("unauthorized", "the API refused the key", outcome.error)
+        if outcome.result is Result.ABORTED:
+            return DeliveryError("shutdown", "shutdown interrupted the retries", outcome.error)
+        return DeliveryError(
+            "retries_exhausted", f"not delivered after {outcome.attempts} attempt(s)", outcome.error
+        )
+
+    def reject(self, messages: list[Message], error: FlameupError) -> None:
+        with self._lock:
+            self.rejected += len(messages)
+        logger.debug("%d message(s) rejected by the API: %s", len(messages), error)
+        self.report(error, messages)
+
+    def hand_on(self, messages: Sequence[Message], error: FlameupError) -> None:
+        """Spool what the spool takes; drop (count, warn, report) the rest."""
+        try:
+            kept = self._spool.store(messages)
+        except Exception:
+            logger.exception("the spool failed; the messages are dropped")
+            kept = 0
+            with self._lock:
+                self.internal_errors += 1
+        lost = list(messages[kept:])
+        with self._lock:
+            self.spooled += kept
+            self.dropped += len(lost)
+            warn = bool(lost) and time.monotonic() - self._last_warning >= WARNING_INTERVAL
+            if warn:
+                self._last_warning = time.monotonic()
+        if warn:
+            logger.warning(
+                "dropped %d message(s): %s (stats().dropped counts every one; further drops are "
+                "logged at most once a minute)",
+                len(lost),
+                error,
+            )
+        if lost:
+            self.report(error, lost)
+
+    def report(self, error: FlameupError, messages: list[Message]) -> None:
+        if self._on_error is None:
+            return
+        try:
+            self._on_error(error, messages)
+        except Exception:
+            logger.exception("on_error raised; the SDK carries on")

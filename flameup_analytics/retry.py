@@ -1,0 +1,77 @@
+"""The retry policy: which answers are worth another try, and how long to wait before it.
+
+A frozen value object (like urllib3's ``Retry``): share one between clients, derive variants with
+:func:`dataclasses.replace`. The waits come from the ``backoff`` package's generators.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import backoff
+
+#: Statuses the API contract names as transient. 501 and 505 are 5xx but retrying cannot fix them.
+RETRYABLE_STATUSES = frozenset({408, 425, 429} | (set(range(500, 600)) - {501, 505}))
+#: A wrong or revoked key: the data is kept for when the key is fixed, never dropped.
+AUTH_STATUSES = frozenset({401, 403})
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with full jitter, a cap per wait, and ``Retry-After`` as a minimum.
+
+    Attributes:
+        max_retries: retries after the first attempt (so ``max_retries + 1`` attempts in all).
+        backoff_factor: the first wait is drawn from ``[0, backoff_factor]``; each next one doubles.
+        max_backoff: the cap on any single computed wait, in seconds.
+        max_retry_after: a ``Retry-After`` longer than this ends the retries at once (the message is
+            handed on to the spool instead of holding the worker for that long).
+    """
+
+    max_retries: int = 6
+    backoff_factor: float = 0.5
+    max_backoff: float = 10.0
+    max_retry_after: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.max_retries < 0:
+            raise ValueError("max_retries must be >= 0")
+        if self.backoff_factor < 0 or self.max_backoff < 0 or self.max_retry_after < 0:
+            raise ValueError("backoff_factor, max_backoff and max_retry_after must be >= 0")
+
+    @staticmethod
+    def is_retryable(status: int) -> bool:
+        return status in RETRYABLE_STATUSES
+
+    def waits(self) -> Iterator[float]:
+        """The successive computed waits of one message, jittered and capped."""
+        generator = backoff.expo(base=2, factor=self.backoff_factor, max_value=self.max_backoff)
+        generator.send(None)  # backoff's generators are primed with an empty send
+        for ceiling in generator:
+            yield backoff.full_jitter(min(ceiling, self.max_backoff))
+
+    def delay(self, waits: Iterator[float], retry_after: float | None) -> float | None:
+        """Seconds to wait before the next attempt, or None when ``Retry-After`` exceeds the limit."""
+        if retry_after is not None and retry_after > self.max_retry_after:
+            return None
+        computed = next(waits)
+        return computed if retry_after is None else max(computed, retry_after)
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds from a ``Retry-After`` header: delta-seconds or an HTTP date; None if absent/bad."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None or when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))

@@ -1,0 +1,204 @@
+"""The background worker: drains the queue in batches and delivers each batch concurrently.
+
+One daemon thread sleeps until ``flush_at`` messages wait, ``flush_interval`` passes, or a flush or
+shutdown wakes it. It then takes batches until the queue is empty. A batch is split into one chain
+per user id, each chain sent in call order, up to ``max_concurrency`` chains at once; the next batch
+starts when the last one is settled, so per-user order also holds across batches.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable
+from queue import SimpleQueue
+
+from .delivery import Outcome, Result
+from .errors import DeliveryError
+from .ledger import Ledger
+from .message import Message
+from .queue import MessageQueue
+
+logger = logging.getLogger("flameup_analytics")
+
+DeliverFn = Callable[[Message, threading.Event], Outcome]
+
+
+class _SenderPool:
+    """Daemon threads that help the worker run a batch's chains; started as first needed.
+
+    Not ``concurrent.futures``: its threads are joined at interpreter exit, so one request hung on
+    a dead server would hold the process open.
+    """
+
+    def __init__(self, size: int, on_failure: Callable[[], None]) -> None:
+        self._size = size
+        self._on_failure = on_failure
+        self._jobs: SimpleQueue[Callable[[], None]] = SimpleQueue()
+        self._threads: list[threading.Thread] = []
+
+    def run(self, tasks: list[Callable[[], None]]) -> None:
+        """Run every task, up to ``size`` at once (one on the calling thread); return when all ended."""
+        waiting = deque(tasks)
+        lock = threading.Lock()
+        remaining = len(tasks)
+        finished = threading.Event()
+
+        def drain() -> None:
+            nonlocal remaining
+            while True:
+                try:
+                    task = waiting.popleft()
+                except IndexError:
+                    return
+                try:
+                    task()
+                except Exception:
+                    logger.exception("unexpected error while delivering; the worker carries on")
+                    self._on_failure()
+                finally:
+                    with lock:
+                        remaining -= 1
+                        if remaining == 0:
+                            finished.set()
+
+        helpers = min(self._size, len(tasks)) - 1
+        while len(self._threads) < helpers:
+            thread = threading.Thread(
+                target=self._serve, name=f"flameup-sender-{len(self._threads) + 1}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
+        for _ in range(helpers):
+            self._jobs.put(drain)
+        drain()
+        finished.wait()
+
+    def _serve(self) -> None:
+        while True:
+            self._jobs.get()()
+
+
+class Worker:
+    def __init__(
+        self,
+        queue: MessageQueue,
+        ledger: Ledger,
+        deliver: DeliverFn,
+        *,
+        batch_size: int,
+        flush_interval: float,
+        max_concurrency: int,
+    ) -> None:
+        self._queue = queue
+        self._ledger = ledger
+        self._deliver = deliver
+        self._batch_size = batch_size
+        self._flush_interval = flush_interval
+        self._pool = _SenderPool(max_concurrency, ledger.count_internal_error)
+        #: Messages taken from the queue and not yet settled, by sequence number.
+        self._pending: dict[int, Message] = {}
+        #: Guards ``_pending`` together with the queue's take count; flush() waits on it.
+        self._settled = threading.Condition(threading.Lock())
+        self._stopping = False
+        self.abort = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="flameup-worker", daemon=True)
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Deliver what is queued, then end. Returns at once; see :meth:`join`."""
+        self._stopping = True
+        self._queue.wakeup.set()
+
+    def join(self, timeout: float) -> bool:
+        self._thread.join(max(0.0, timeout))
+        return not self._thread.is_alive()
+
+    def take_unsettled(self) -> list[Message]:
+        """Interrupt delivery and take back every message not yet settled, oldest first.
+
+        A request already in flight may still succeed; its message is then both delivered and
+        handed on, which the idempotency key makes harmless.
+        """
+        self.abort.set()
+        self._queue.wakeup.set()
+        with self._settled:
+            unsettled = [self._pending[seq] for seq in sorted(self._pending)]
+            self._pending.clear()
+            unsettled += self._queue.take_all()
+            self._settled.notify_all()
+        return unsettled
+
+    # --- flush -------------------------------------------------------------------------------
+
+    def wait_settled(self, target: int, timeout: float) -> bool:
+        """Wait until every message with a sequence number below ``target`` is settled."""
+        self._queue.wakeup.set()
+        with self._settled:
+            return self._settled.wait_for(lambda: self._low_water() >= target, timeout)
+
+    def unsettled_count(self) -> int:
+        """Messages queued or in flight, counted consistently with the settled ones."""
+        with self._settled:
+            return len(self._pending) + len(self._queue)
+
+    def _low_water(self) -> int:
+        return min(self._pending) if self._pending else self._queue.taken
+
+    # --- delivery ----------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        wakeup = self._queue.wakeup
+        while not self.abort.is_set():
+            wakeup.wait(self._flush_interval)
+            wakeup.clear()
+            try:
+                while len(self._queue) and not self.abort.is_set():
+                    self._deliver_batch()
+            except Exception:
+                logger.exception("unexpected error in the worker; it carries on")
+                self._ledger.count_internal_error()
+                self.abort.wait(self._flush_interval)  # no hot loop if the fault persists
+            if self._stopping and not len(self._queue):
+                return
+
+    def _deliver_batch(self) -> None:
+        with self._settled:
+            first, batch = self._queue.take(self._batch_size)
+            chains: dict[str, list[tuple[int, Message]]] = {}
+            for seq, message in enumerate(batch, first):
+                self._pending[seq] = message
+                chains.setdefault(message.user_id, []).append((seq, message))
+        logger.debug("delivering a batch of %d message(s) for %d user(s)", len(batch), len(chains))
+        self._pool.run([functools.partial(self._deliver_chain, chain) for chain in chains.values()])
+
+    def _deliver_chain(self, chain: list[tuple[int, Message]]) -> None:
+        """Deliver one user's messages in order. If one cannot be delivered now, neither can the
+        ones after it: they are handed on with it, so the spool keeps them in order."""
+        for index, (seq, message) in enumerate(chain):
+            if self.abort.is_set():
+                return
+            outcome = self._deliver(message, self.abort)
+            if outcome.result in (Result.DELIVERED, Result.REJECTED):
+                if self._settle([seq]):
+                    self._ledger.record(message, outcome)
+                continue
+            rest = chain[index:]
+            settled = self._settle([s for s, _ in rest])
+            if settled:
+                error: DeliveryError = self._ledger.undelivered_error(outcome)
+                self._ledger.hand_on([m for s, m in rest if s in settled], error)
+            return
+
+    def _settle(self, seqs: list[int]) -> set[int]:
+        """Mark messages settled; return those not already taken back by a shutdown."""
+        with self._settled:
+            settled = {seq for seq in seqs if self._pending.pop(seq, None) is not None}
+            self._settled.notify_all()
+        return settled
