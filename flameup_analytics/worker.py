@@ -16,7 +16,7 @@ from collections.abc import Callable
 from queue import SimpleQueue
 
 from .delivery import Outcome, Result
-from .errors import DeliveryError
+from .errors import DeliveryError, FlameupError
 from .ledger import Ledger
 from .message import Message
 from .queue import MessageQueue
@@ -36,7 +36,7 @@ class _SenderPool:
     def __init__(self, size: int, on_failure: Callable[[], None]) -> None:
         self._size = size
         self._on_failure = on_failure
-        self._jobs: SimpleQueue[Callable[[], None]] = SimpleQueue()
+        self._jobs: SimpleQueue[Callable[[], None] | None] = SimpleQueue()
         self._threads: list[threading.Thread] = []
 
     def run(self, tasks: list[Callable[[], None]]) -> None:
@@ -76,9 +76,15 @@ class _SenderPool:
         drain()
         finished.wait()
 
+    def close(self) -> None:
+        """Let the helper threads end once they are idle."""
+        for _ in self._threads:
+            self._jobs.put(None)
+        self._threads.clear()
+
     def _serve(self) -> None:
-        while True:
-            self._jobs.get()()
+        while (job := self._jobs.get()) is not None:
+            job()
 
 
 class Worker:
@@ -154,6 +160,12 @@ class Worker:
     # --- delivery ----------------------------------------------------------------------------
 
     def _run(self) -> None:
+        try:
+            self._serve()
+        finally:
+            self._pool.close()
+
+    def _serve(self) -> None:
         wakeup = self._queue.wakeup
         while not self.abort.is_set():
             wakeup.wait(self._flush_interval)
@@ -184,7 +196,13 @@ class Worker:
         for index, (seq, message) in enumerate(chain):
             if self.abort.is_set():
                 return
-            outcome = self._deliver(message, self.abort)
+            try:
+                outcome = self._deliver(message, self.abort)
+            except Exception as exc:
+                # A bug (say, in a custom transport) must not leave the message unsettled forever.
+                logger.exception("unexpected error while delivering; the message is handed on")
+                self._ledger.count_internal_error()
+                outcome = Outcome(Result.EXHAUSTED, 1, error=FlameupError(f"internal error: {exc!r}"))
             if outcome.result in (Result.DELIVERED, Result.REJECTED):
                 if self._settle([seq]):
                     self._ledger.record(message, outcome)

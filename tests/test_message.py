@@ -128,9 +128,7 @@ def test_non_ascii_text_is_sent_as_utf8() -> None:
         ("u", b"bytes", "event"),
     ],
 )
-def test_ids_and_event_names_must_be_non_empty_strings(
-    external_id: Any, event: Any, argument: str
-) -> None:
+def test_ids_and_event_names_must_be_non_empty_strings(external_id: Any, event: Any, argument: str) -> None:
     with pytest.raises(fa.ValidationError, match=argument) as info:
         message.track_body(external_id, event, None, None, 1024)
     assert info.value.argument == argument

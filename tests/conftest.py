@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+import flameup_analytics as fa
+from flameup_analytics.testing import LocalServer
+
+API_KEY = "ws_test_abc12345_abc123.secret"
+WORKSPACE = "ws_test"
+
+ClientFactory = Callable[..., fa.Client]
+
+
+@pytest.fixture
+def server() -> Iterator[LocalServer]:
+    with LocalServer(api_key=API_KEY, workspace_id=WORKSPACE) as running:
+        yield running
+
+
+@pytest.fixture
+def make_client(server: LocalServer) -> Iterator[ClientFactory]:
+    """Clients pointed at the local server, with short waits; all shut down after the test."""
+    made: list[fa.Client] = []
+
+    def factory(**options: Any) -> fa.Client:
+        settings: dict[str, Any] = {
+            "api_key": API_KEY,
+            "workspace_id": WORKSPACE,
+            "host": server.url,
+            "flush_interval": 0.05,
+            "timeout": 2.0,
+            "retry": fa.RetryPolicy(backoff_factor=0.01, max_backoff=0.05),
+        }
+        settings.update(options)
+        client = fa.Client(**settings)
+        made.append(client)
+        return client
+
+    yield factory
+    for client in made:
+        client.shutdown(timeout=0.5)
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("FLAMEUP_API_KEY", "FLAMEUP_WORKSPACE_ID", "FLAMEUP_HOST"):
+        monkeypatch.delenv(name, raising=False)
