@@ -124,12 +124,11 @@ _encoder: Final = json.JSONEncoder(
 # The C encoder, made once: JSONEncoder.encode() builds a new one per call, which doubles the cost.
 # No circular-reference markers: a shared dict would be unsafe across threads, and a cycle is
 # still caught, as a RecursionError, then located by _find_problem.
+_make_c_encoder: Any = getattr(json.encoder, "c_make_encoder", None)  # untyped C accelerator
 _c_encoder: Final = (
     None
-    if json.encoder.c_make_encoder is None
-    else json.encoder.c_make_encoder(
-        None, _to_json, json.encoder.encode_basestring, None, ":", ",", False, False, False
-    )
+    if _make_c_encoder is None
+    else _make_c_encoder(None, _to_json, json.encoder.encode_basestring, None, ":", ",", False, False, False)
 )
 
 
