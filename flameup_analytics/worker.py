@@ -8,11 +8,12 @@ starts when the last one is settled, so per-user order also holds across batches
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from queue import SimpleQueue
 
 from .delivery import Outcome, Result
@@ -106,6 +107,8 @@ class Worker:
         self._pool = _SenderPool(max_concurrency, ledger.count_internal_error)
         #: Messages taken from the queue and not yet settled, by sequence number.
         self._pending: dict[int, Message] = {}
+        #: Pending messages whose outcome is being counted right now.
+        self._claimed: set[int] = set()
         #: Guards ``_pending`` together with the queue's take count; flush() waits on it.
         self._settled = threading.Condition(threading.Lock())
         self._stopping = False
@@ -135,8 +138,8 @@ class Worker:
         self.abort.set()
         self._queue.wakeup.set()
         with self._settled:
-            unsettled = [self._pending[seq] for seq in sorted(self._pending)]
-            self._pending.clear()
+            seqs = sorted(seq for seq in self._pending if seq not in self._claimed)
+            unsettled = [self._pending.pop(seq) for seq in seqs]
             unsettled += self._queue.take_all()
             self._settled.notify_all()
         return unsettled
@@ -204,19 +207,28 @@ class Worker:
                 self._ledger.count_internal_error()
                 outcome = Outcome(Result.EXHAUSTED, 1, error=FlameupError(f"internal error: {exc!r}"))
             if outcome.result in (Result.DELIVERED, Result.REJECTED):
-                if self._settle([seq]):
-                    self._ledger.record(message, outcome)
+                with self._settling([seq]) as claimed:
+                    if claimed:
+                        self._ledger.record(message, outcome)
                 continue
-            rest = chain[index:]
-            settled = self._settle([s for s, _ in rest])
-            if settled:
-                error: DeliveryError = self._ledger.undelivered_error(outcome)
-                self._ledger.hand_on([m for s, m in rest if s in settled], error)
+            with self._settling([s for s, _ in chain[index:]]) as claimed:
+                if claimed:
+                    error: DeliveryError = self._ledger.undelivered_error(outcome)
+                    self._ledger.hand_on([m for s, m in chain[index:] if s in claimed], error)
             return
 
-    def _settle(self, seqs: list[int]) -> set[int]:
-        """Mark messages settled; return those not already taken back by a shutdown."""
+    @contextlib.contextmanager
+    def _settling(self, seqs: list[int]) -> Iterator[set[int]]:
+        """Claim messages for settling and release them once counted, so a flush that returns
+        True sees their outcome in stats() and on_error. Yields those not taken by a shutdown."""
         with self._settled:
-            settled = {seq for seq in seqs if self._pending.pop(seq, None) is not None}
-            self._settled.notify_all()
-        return settled
+            claimed = {seq for seq in seqs if seq in self._pending and seq not in self._claimed}
+            self._claimed |= claimed
+        try:
+            yield claimed
+        finally:
+            with self._settled:
+                for seq in claimed:
+                    del self._pending[seq]
+                self._claimed -= claimed
+                self._settled.notify_all()
