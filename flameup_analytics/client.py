@@ -10,7 +10,8 @@ import time
 import types
 import urllib.parse
 from collections.abc import Mapping
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 from . import lifecycle
 from ._version import __version__
@@ -20,7 +21,7 @@ from .ledger import ErrorCallback, Ledger, Stats
 from .message import IDENTIFY, TRACK, Message, identify_body, new_key, track_body, transactional_body
 from .queue import MessageQueue
 from .retry import RetryPolicy
-from .spool import NoSpool
+from .spool import DEFAULT_MAX_BYTES, DiskSpool, NoSpool, default_directory
 from .transport import Request, RequestsTransport, Transport
 from .worker import Worker
 
@@ -61,6 +62,8 @@ class Client:
         debug: bool = False,
         retry: RetryPolicy | None = None,
         transport: Transport | None = None,
+        spool_dir: str | os.PathLike[str] | Literal[False] | None = None,
+        max_spool_bytes: int = DEFAULT_MAX_BYTES,
     ) -> None:
         self.api_key = _resolve_api_key(api_key, disabled)
         self.workspace_id = _resolve_workspace_id(workspace_id)
@@ -72,6 +75,7 @@ class Client:
         _require(timeout > 0, "timeout must be > 0")
         _require(max_message_bytes >= 64, "max_message_bytes must be >= 64")
         _require(shutdown_timeout >= 0, "shutdown_timeout must be >= 0")
+        _require(max_spool_bytes >= 0, "max_spool_bytes must be >= 0")
         retry = retry or RetryPolicy()
         if max_retries is not _UNSET:
             _require(max_retries >= 0, "max_retries must be >= 0")
@@ -107,14 +111,20 @@ class Client:
             "Accept": "application/json",
             "User-Agent": USER_AGENT,
         }
+        self._spool: DiskSpool | None = None
+        if spool_dir is not False and not disabled:
+            directory = default_directory(self.host, self.workspace_id) if spool_dir is None else spool_dir
+            self._spool = DiskSpool(Path(directory), max_bytes=max_spool_bytes)
         self._closed = False
         self._reset_runtime()
         lifecycle.register(self)
+        if self._spool is not None and self._queue_directly:
+            self._start_worker()  # replays what an earlier process left, in the background
 
     def _reset_runtime(self) -> None:
         """(Re)create what belongs to one process: queue, worker, locks, counters."""
         self._queue = MessageQueue(self.max_queue_size, self.flush_at)
-        self._ledger = Ledger(NoSpool(), self.on_error)
+        self._ledger = Ledger(self._spool or NoSpool(), self.on_error)
         self._worker: Worker | None = None
         self._worker_lock = threading.Lock()
         self._shutdown_lock = threading.Lock()
@@ -128,6 +138,8 @@ class Client:
         The parent's pooled connections are left alone (sharing a socket would mix up replies)."""
         if self._own_transport:
             self._transport = RequestsTransport(pool_size=self.max_concurrency)
+        if self._spool is not None:
+            self._spool.after_fork_in_child()
         self._reset_runtime()
 
     # --- the hot path -------------------------------------------------------------------------
@@ -189,6 +201,7 @@ class Client:
                 batch_size=self.flush_at,
                 flush_interval=self.flush_interval,
                 max_concurrency=self.max_concurrency,
+                spool=self._spool,
             )
             worker.start()
             self._worker = worker
@@ -302,6 +315,8 @@ class Client:
                         self._ledger.hand_on(
                             leftovers, DeliveryError("shutdown", "the shutdown deadline passed")
                         )
+            if self._spool is not None:
+                self._spool.close()
             if self._own_transport:
                 self._transport.close()
         except Exception:
@@ -312,7 +327,8 @@ class Client:
         worker = self._worker
         queued = worker.unsettled_count() if worker else len(self._queue)
         enqueued = self._queue.mark() + self._bypassed
-        return self._ledger.snapshot(queued=queued, enqueued=enqueued)
+        corrupt = self._spool.corrupt if self._spool is not None else 0
+        return self._ledger.snapshot(queued=queued, enqueued=enqueued, corrupt=corrupt)
 
     def __enter__(self) -> Client:
         return self

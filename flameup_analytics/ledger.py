@@ -29,8 +29,10 @@ WARNING_INTERVAL = 60.0
 class Stats:
     """A snapshot of a client's counters.
 
-    Every message accepted by ``track``/``identify`` is counted in ``enqueued`` and is, at any
-    moment, in exactly one of ``queued``, ``delivered``, ``rejected``, ``dropped`` or ``spooled``.
+    Every message accepted by ``track``/``identify`` (``enqueued``) or read back from the spool
+    (``replayed``) is, at any moment, in exactly one of ``queued``, ``delivered``, ``rejected``,
+    ``dropped`` or ``spooled``: when the client is idle,
+    ``enqueued + replayed == queued + delivered + rejected + dropped + spooled``.
     """
 
     #: Waiting in memory now, including requests in flight.
@@ -51,6 +53,8 @@ class Stats:
     replayed: int
     #: Failures inside the SDK that were caught so the worker keeps running.
     internal_errors: int
+    #: Damaged places skipped while reading the spool (torn writes, bit flips, garbage).
+    corrupt: int
 
 
 class Ledger:
@@ -69,7 +73,7 @@ class Ledger:
         self._last_warning = -WARNING_INTERVAL
         self._auth_failure_logged = False
 
-    def snapshot(self, queued: int, enqueued: int) -> Stats:
+    def snapshot(self, queued: int, enqueued: int, corrupt: int) -> Stats:
         with self._lock:
             return Stats(
                 queued=queued,
@@ -81,11 +85,21 @@ class Ledger:
                 spooled=self.spooled,
                 replayed=self.replayed,
                 internal_errors=self.internal_errors,
+                corrupt=corrupt,
             )
 
     def count_retry(self) -> None:
         with self._lock:
             self.retried += 1
+
+    def count_replayed(self, count: int) -> None:
+        with self._lock:
+            self.replayed += count
+
+    def count_left_in_spool(self, count: int) -> None:
+        """Replayed messages abandoned at shutdown: still in their segment, so spooled again."""
+        with self._lock:
+            self.spooled += count
 
     def count_internal_error(self) -> None:
         with self._lock:

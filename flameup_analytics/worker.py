@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from queue import SimpleQueue
@@ -21,6 +23,7 @@ from .errors import DeliveryError, FlameupError
 from .ledger import Ledger
 from .message import Message
 from .queue import MessageQueue
+from .spool import DiskSpool, SegmentReader
 
 logger = logging.getLogger("flameup_analytics")
 
@@ -68,7 +71,7 @@ class _SenderPool:
         helpers = min(self._size, len(tasks)) - 1
         while len(self._threads) < helpers:
             thread = threading.Thread(
-                target=self._serve, name=f"flameup-sender-{len(self._threads) + 1}", daemon=True
+                target=self._work, name=f"flameup-sender-{len(self._threads) + 1}", daemon=True
             )
             thread.start()
             self._threads.append(thread)
@@ -83,7 +86,7 @@ class _SenderPool:
             self._jobs.put(None)
         self._threads.clear()
 
-    def _serve(self) -> None:
+    def _work(self) -> None:
         while (job := self._jobs.get()) is not None:
             job()
 
@@ -98,6 +101,8 @@ class Worker:
         batch_size: int,
         flush_interval: float,
         max_concurrency: int,
+        spool: DiskSpool | None = None,
+        replay_interval: float = 30.0,
     ) -> None:
         self._queue = queue
         self._ledger = ledger
@@ -112,6 +117,13 @@ class Worker:
         #: Guards ``_pending`` together with the queue's take count; flush() waits on it.
         self._settled = threading.Condition(threading.Lock())
         self._stopping = False
+        self._spool = spool
+        self._replay_interval = replay_interval
+        self._replay_due = 0.0  # monotonic time of the next look at the spool: at once, on start
+        self._last_failure = 0.0
+        self._last_success = 0.0
+        #: Replayed messages get negative sequence numbers: flush() does not wait for them.
+        self._replay_seqs = itertools.count(-1, -1)
         self.abort = threading.Event()
         self._thread = threading.Thread(target=self._run, name="flameup-worker", daemon=True)
 
@@ -139,8 +151,12 @@ class Worker:
         self._queue.wakeup.set()
         with self._settled:
             seqs = sorted(seq for seq in self._pending if seq not in self._claimed)
-            unsettled = [self._pending.pop(seq) for seq in seqs]
+            unsettled = [self._pending.pop(seq) for seq in seqs if seq >= 0]
             unsettled += self._queue.take_all()
+            # Replayed messages are not handed on again: they are still in their segment, which
+            # was not acked, so the next replay (here or in another process) sends them.
+            abandoned = [self._pending.pop(seq) for seq in seqs if seq < 0]
+            self._ledger.count_left_in_spool(len(abandoned))
             self._settled.notify_all()
         return unsettled
 
@@ -158,7 +174,7 @@ class Worker:
             return len(self._pending) + len(self._queue)
 
     def _low_water(self) -> int:
-        return min(self._pending) if self._pending else self._queue.taken
+        return min((seq for seq in self._pending if seq >= 0), default=self._queue.taken)
 
     # --- delivery ----------------------------------------------------------------------------
 
@@ -176,6 +192,8 @@ class Worker:
             try:
                 while len(self._queue) and not self.abort.is_set():
                     self._deliver_batch()
+                if not self._stopping:
+                    self._replay()
             except Exception:
                 logger.exception("unexpected error in the worker; it carries on")
                 self._ledger.count_internal_error()
@@ -186,19 +204,71 @@ class Worker:
     def _deliver_batch(self) -> None:
         with self._settled:
             first, batch = self._queue.take(self._batch_size)
-            chains: dict[str, list[tuple[int, Message]]] = {}
-            for seq, message in enumerate(batch, first):
+        self._deliver_messages(list(enumerate(batch, first)))
+
+    def _deliver_messages(self, entries: list[tuple[int, Message]]) -> bool:
+        """Deliver numbered messages, one chain per user; True if all were delivered or rejected."""
+        chains: dict[str, list[tuple[int, Message]]] = {}
+        with self._settled:
+            for seq, message in entries:
                 self._pending[seq] = message
                 chains.setdefault(message.user_id, []).append((seq, message))
-        logger.debug("delivering a batch of %d message(s) for %d user(s)", len(batch), len(chains))
-        self._pool.run([functools.partial(self._deliver_chain, chain) for chain in chains.values()])
+        logger.debug("delivering a batch of %d message(s) for %d user(s)", len(entries), len(chains))
+        results: list[bool] = []
+        self._pool.run([functools.partial(self._run_chain, chain, results) for chain in chains.values()])
+        return all(results)
 
-    def _deliver_chain(self, chain: list[tuple[int, Message]]) -> None:
-        """Deliver one user's messages in order. If one cannot be delivered now, neither can the
-        ones after it: they are handed on with it, so the spool keeps them in order."""
+    def _run_chain(self, chain: list[tuple[int, Message]], results: list[bool]) -> None:
+        results.append(self._deliver_chain(chain))
+
+    # --- replay ------------------------------------------------------------------------------
+
+    def _replay(self) -> None:
+        """Replay spooled messages, oldest first, while the API takes them and no live batch waits."""
+        if self._spool is None or self.abort.is_set():
+            return
+        now = time.monotonic()
+        recovered = self._last_success > self._last_failure
+        if now < self._replay_due and not (recovered and self._spool.has_unreplayed):
+            return
+        self._replay_due = now + self._replay_interval
+        for reader in self._spool.claim():
+            try:
+                if not self._replay_segment(reader):
+                    return
+            finally:
+                reader.release()
+
+    def _replay_segment(self, reader: SegmentReader) -> bool:
+        """Replay one locked segment; False when replay should stop for now."""
+        records = reader.records
+        for start in range(0, len(records), self._batch_size):
+            if self.abort.is_set() or self._stopping or len(self._queue) >= self._batch_size:
+                self._replay_due = 0.0  # live traffic first; come back right after it
+                return False
+            chunk = records[start : start + self._batch_size]
+            self._ledger.count_replayed(len(chunk))
+            healthy = self._deliver_messages([(next(self._replay_seqs), r.message) for r in chunk])
+            if self.abort.is_set():
+                return False  # not acked: the messages stay in the segment
+            reader.ack(chunk[-1].end)  # each one was delivered, rejected or spooled again
+            if not healthy:
+                return False
+        assert self._spool is not None
+        self._spool.forget_bytes(reader.size)
+        reader.delete()
+        return True
+
+    # --- one user's messages -----------------------------------------------------------------
+
+    def _deliver_chain(self, chain: list[tuple[int, Message]]) -> bool:
+        """Deliver one user's messages in order; True if each was delivered or rejected.
+
+        If one cannot be delivered now, neither can the ones after it: they are handed on with
+        it, so the spool keeps them in order."""
         for index, (seq, message) in enumerate(chain):
             if self.abort.is_set():
-                return
+                return False
             try:
                 outcome = self._deliver(message, self.abort)
             except Exception as exc:
@@ -207,15 +277,18 @@ class Worker:
                 self._ledger.count_internal_error()
                 outcome = Outcome(Result.EXHAUSTED, 1, error=FlameupError(f"internal error: {exc!r}"))
             if outcome.result in (Result.DELIVERED, Result.REJECTED):
+                self._last_success = time.monotonic()
                 with self._settling([seq]) as claimed:
                     if claimed:
                         self._ledger.record(message, outcome)
                 continue
+            self._last_failure = time.monotonic()
             with self._settling([s for s, _ in chain[index:]]) as claimed:
                 if claimed:
                     error: DeliveryError = self._ledger.undelivered_error(outcome)
                     self._ledger.hand_on([m for s, m in chain[index:] if s in claimed], error)
-            return
+            return False
+        return True
 
     @contextlib.contextmanager
     def _settling(self, seqs: list[int]) -> Iterator[set[int]]:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -45,6 +46,8 @@ def make_client(server: LocalServer) -> Iterator[ClientFactory]:
 
 
 @pytest.fixture(autouse=True)
-def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+def _clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     for name in ("FLAMEUP_API_KEY", "FLAMEUP_WORKSPACE_ID", "FLAMEUP_HOST"):
         monkeypatch.delenv(name, raising=False)
+    # Default spool directories (and those of subprocesses) land in this test's own folder.
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
