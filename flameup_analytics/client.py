@@ -292,6 +292,24 @@ class Client:
             logger.exception("flush() failed")
             return False
 
+    def replay_spool(self, timeout: float = 30.0) -> bool:
+        """Deliver what the disk spool holds now, in the background worker, waiting at most
+        ``timeout`` seconds. True once everything this process could claim was delivered (or
+        rejected); False on timeout, when the API is unhealthy, or without a spool.
+
+        Replay also happens by itself (at start, after an outage, every 30 s); this is for the
+        command line and for tests that need to know it is done."""
+        if self._spool is None or not self._queue_directly:
+            return False
+        if self._worker is None:
+            self._start_worker()
+        assert self._worker is not None
+        try:
+            return self._worker.replay_spool(max(0.0, timeout))
+        except Exception:
+            logger.exception("replay_spool() failed")
+            return False
+
     def shutdown(self, timeout: float | None = None) -> None:
         """Stop intake, deliver what can be delivered within ``timeout`` (default
         ``shutdown_timeout``), and hand the rest to the spool. Idempotent; never raises."""

@@ -166,7 +166,7 @@ class DiskSpool:
         self._writer_token = secrets.token_hex(4)
         self._segment_number = 0
         self._fd: int | None = None
-        self._path: Path | None = None
+        self._closed = False
         self._written = 0
         #: Bytes of all segments in the directory, as last counted plus our own appends since.
         self._used: int | None = None
@@ -207,6 +207,8 @@ class DiskSpool:
                 if kept:
                     self._append(b"".join(frames[:kept]))
                     self.has_unreplayed = True
+                    if self._closed:
+                        self._seal()  # no shutdown will come to seal it: make it durable now
                 return kept
             except OSError as exc:
                 self._abandon_segment()
@@ -245,7 +247,7 @@ class DiskSpool:
         except OSError:
             os.close(fd)
             raise
-        self._fd, self._path, self._written = fd, final, 0
+        self._fd, self._written = fd, 0
 
     def _seal(self) -> None:
         """Finish the open segment: fsync, unlock, close. It becomes replayable."""
@@ -263,15 +265,15 @@ class DiskSpool:
                 os.close(self._fd)
             self._fd = None
 
-    def seal(self) -> None:
-        """Make everything this process spooled replayable (and durable: fsync)."""
+    def close(self) -> None:
+        """Make everything this process spooled replayable and durable (fsync). Later stores
+        (calls after shutdown) are sealed as they are written."""
         with self._lock:
+            self._closed = True
             try:
                 self._seal()
             except OSError as exc:
                 self._warn("disk", "cannot finish the spool segment in %s (%s)", self.directory, exc)
-
-    close = seal
 
     def after_fork_in_child(self) -> None:
         """The child must not append to its parent's segment: forget it without touching it

@@ -122,6 +122,10 @@ class Worker:
         self._replay_due = 0.0  # monotonic time of the next look at the spool: at once, on start
         self._last_failure = 0.0
         self._last_success = 0.0
+        #: Counts finished replay passes, and whether the last one emptied what it could claim.
+        self._replay_passes = 0
+        self._replay_drained = False
+        self._replay_requested = False
         #: Replayed messages get negative sequence numbers: flush() does not wait for them.
         self._replay_seqs = itertools.count(-1, -1)
         self.abort = threading.Event()
@@ -223,21 +227,45 @@ class Worker:
 
     # --- replay ------------------------------------------------------------------------------
 
+    def replay_spool(self, timeout: float) -> bool:
+        """Replay the spool now; True once a replay pass emptied everything it could claim."""
+        deadline = time.monotonic() + timeout
+        with self._settled:
+            while True:
+                self._replay_requested = True
+                self._queue.wakeup.set()
+                started = self._replay_passes
+                if not self._settled.wait_for(
+                    lambda: self._replay_passes > started, deadline - time.monotonic()
+                ):
+                    return False
+                if self._replay_drained:
+                    return True
+
     def _replay(self) -> None:
         """Replay spooled messages, oldest first, while the API takes them and no live batch waits."""
         if self._spool is None or self.abort.is_set():
             return
         now = time.monotonic()
-        recovered = self._last_success > self._last_failure
-        if now < self._replay_due and not (recovered and self._spool.has_unreplayed):
+        recovered = self._last_success > self._last_failure and self._spool.has_unreplayed
+        if now < self._replay_due and not recovered and not self._replay_requested:
             return
+        self._replay_requested = False
         self._replay_due = now + self._replay_interval
-        for reader in self._spool.claim():
-            try:
-                if not self._replay_segment(reader):
-                    return
-            finally:
-                reader.release()
+        drained = True
+        try:
+            for reader in self._spool.claim():
+                try:
+                    if not self._replay_segment(reader):
+                        drained = False
+                        break
+                finally:
+                    reader.release()
+        finally:
+            with self._settled:
+                self._replay_passes += 1
+                self._replay_drained = drained
+                self._settled.notify_all()
 
     def _replay_segment(self, reader: SegmentReader) -> bool:
         """Replay one locked segment; False when replay should stop for now."""
