@@ -234,13 +234,16 @@ class Worker:
             while True:
                 self._replay_requested = True
                 self._queue.wakeup.set()
-                started = self._replay_passes
                 if not self._settled.wait_for(
-                    lambda: self._replay_passes > started, deadline - time.monotonic()
+                    functools.partial(self._replay_pass_after, self._replay_passes),
+                    deadline - time.monotonic(),
                 ):
                     return False
                 if self._replay_drained:
                     return True
+
+    def _replay_pass_after(self, passes: int) -> bool:
+        return self._replay_passes > passes
 
     def _replay(self) -> None:
         """Replay spooled messages, oldest first, while the API takes them and no live batch waits."""
