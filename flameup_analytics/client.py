@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import platform
@@ -64,6 +65,8 @@ class Client:
         transport: Transport | None = None,
         spool_dir: str | os.PathLike[str] | Literal[False] | None = None,
         max_spool_bytes: int = DEFAULT_MAX_BYTES,
+        handle_signals: bool = False,
+        worker_idle_timeout: float = 60.0,
     ) -> None:
         self.api_key = _resolve_api_key(api_key, disabled)
         self.workspace_id = _resolve_workspace_id(workspace_id)
@@ -76,6 +79,7 @@ class Client:
         _require(max_message_bytes >= 64, "max_message_bytes must be >= 64")
         _require(shutdown_timeout >= 0, "shutdown_timeout must be >= 0")
         _require(max_spool_bytes >= 0, "max_spool_bytes must be >= 0")
+        _require(worker_idle_timeout > 0, "worker_idle_timeout must be > 0")
         retry = retry or RetryPolicy()
         if max_retries is not _UNSET:
             _require(max_retries >= 0, "max_retries must be >= 0")
@@ -96,6 +100,7 @@ class Client:
         self.sync_mode = sync_mode
         self.disabled = disabled
         self.on_error = on_error
+        self.worker_idle_timeout = worker_idle_timeout
         if debug:
             _enable_debug_logging()
 
@@ -118,6 +123,8 @@ class Client:
         self._closed = False
         self._reset_runtime()
         lifecycle.register(self)
+        if handle_signals:
+            lifecycle.install_signal_handlers()
         if self._spool is not None and self._queue_directly:
             self._start_worker()  # replays what an earlier process left, in the background
 
@@ -202,9 +209,25 @@ class Client:
                 flush_interval=self.flush_interval,
                 max_concurrency=self.max_concurrency,
                 spool=self._spool,
+                idle_timeout=self.worker_idle_timeout,
+                may_retire=self._retire_worker,
             )
             worker.start()
             self._worker = worker
+
+    def _retire_worker(self, worker: Worker) -> bool:
+        """An idle worker asks to end its thread; refused if a message arrived meanwhile.
+
+        Callers append before they look at ``_worker``: either the worker sees their message
+        here, or they see ``None`` and start a new worker."""
+        with self._worker_lock:
+            if self._worker is not worker:
+                return True
+            self._worker = None
+            if len(self._queue):
+                self._worker = worker
+                return False
+            return True
 
     # --- delivery ------------------------------------------------------------------------------
 
@@ -309,6 +332,24 @@ class Client:
         except Exception:
             logger.exception("replay_spool() failed")
             return False
+
+    async def aflush(self, timeout: float = 10.0) -> bool:
+        """:meth:`flush` for asyncio code: waits in a thread, never blocking the event loop."""
+        return await asyncio.to_thread(self.flush, timeout)
+
+    async def ashutdown(self, timeout: float | None = None) -> None:
+        """:meth:`shutdown` for asyncio code: waits in a thread, never blocking the event loop."""
+        await asyncio.to_thread(self.shutdown, timeout)
+
+    def flush_after(self, timeout: float = 2.0) -> lifecycle.FlushAfter:
+        """Flush when the block or the decorated function (sync or async) ends, waiting at most
+        ``timeout`` seconds. For serverless handlers, whose process may be frozen between
+        invocations::
+
+            @client.flush_after(timeout=2)
+            def handler(event, context): ...
+        """
+        return lifecycle.FlushAfter(self, timeout)
 
     def shutdown(self, timeout: float | None = None) -> None:
         """Stop intake, deliver what can be delivered within ``timeout`` (default

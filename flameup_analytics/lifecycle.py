@@ -1,5 +1,5 @@
-"""Process lifecycle: deliver (or hand on) what is left at interpreter exit, and start afresh in a
-forked child.
+"""Process lifecycle: deliver (or spool) what is left at interpreter exit or on SIGTERM/SIGINT,
+start afresh in a forked child, and flush at the end of each serverless invocation.
 
 Clients register themselves here when they are created and leave when shut down.
 """
@@ -7,24 +7,46 @@ Clients register themselves here when they are created and leave when shut down.
 from __future__ import annotations
 
 import atexit
+import functools
+import inspect
+import logging
 import os
+import signal
+import sys
 import threading
 import time
+import types
 import weakref
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .message import new_key
 
 if TYPE_CHECKING:
     from .client import Client
 
+logger = logging.getLogger("flameup_analytics")
+
 _clients: weakref.WeakSet[Client] = weakref.WeakSet()
 _lock = threading.Lock()
+_warned_duplicates: set[tuple[str, str]] = set()
 
 
 def register(client: Client) -> None:
+    _hook_multiprocessing()
+    identity = (client.api_key, client.host)
     with _lock:
+        duplicate = any((other.api_key, other.host) == identity for other in _clients)
         _clients.add(client)
+        warn = duplicate and identity not in _warned_duplicates and not client.disabled
+        if warn:
+            _warned_duplicates.add(identity)
+    if warn:
+        logger.warning(
+            "another live flameup_analytics.Client uses the same API key and host: create one "
+            "client per process and share it (each client has its own queue and threads). "
+            "Logged once per key and host."
+        )
 
 
 def unregister(client: Client) -> None:
@@ -47,6 +69,40 @@ def shutdown_all() -> None:
         client.shutdown(timeout=min(client.shutdown_timeout, deadline - time.monotonic()))
 
 
+# multiprocessing's children end with os._exit(), which skips atexit: they run multiprocessing's
+# own finalizers instead, after clearing those inherited from the parent (or registered while a
+# spawned child imported its modules). So the finalizer is registered again from multiprocessing's
+# after-fork callbacks, which run after that clearing, in every child, fork or spawn.
+_multiprocessing_finalizer: Any = None
+_multiprocessing_hooked_in: int | None = None
+
+
+def _ensure_multiprocessing_exit_hook(_: object = None) -> None:
+    global _multiprocessing_finalizer
+    mp_util = sys.modules.get("multiprocessing.util")
+    if mp_util is None:
+        return
+    if _multiprocessing_finalizer is None or not _multiprocessing_finalizer.still_active():
+        _multiprocessing_finalizer = mp_util.Finalize(None, shutdown_all, exitpriority=100)
+
+
+class _AfterForkToken:
+    """multiprocessing keeps its after-fork callbacks in a weak mapping: this keeps ours alive."""
+
+
+_after_fork_token = _AfterForkToken()
+
+
+def _hook_multiprocessing() -> None:
+    global _multiprocessing_hooked_in
+    mp_util = sys.modules.get("multiprocessing.util")
+    if mp_util is None or _multiprocessing_hooked_in == os.getpid():
+        return
+    _multiprocessing_hooked_in = os.getpid()
+    mp_util.register_after_fork(_after_fork_token, _ensure_multiprocessing_exit_hook)
+    _ensure_multiprocessing_exit_hook()
+
+
 def _after_fork_in_child() -> None:
     # The parent's threads did not survive the fork, and any lock one of them held stays held
     # forever in the child: every lock, queue and thread is made anew, none is reused.
@@ -55,8 +111,91 @@ def _after_fork_in_child() -> None:
     new_key.reseed()
     for client in list(_clients):
         client._after_fork_in_child()
+    _hook_multiprocessing()
+
+
+# --- signals ------------------------------------------------------------------------------------
+
+_installed: dict[int, Any] = {}
+
+
+def install_signal_handlers(signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT)) -> bool:
+    """Make SIGTERM and SIGINT run the bounded shutdown of every client, then whatever handled
+    the signal before (the default action: the process ends with that signal, as it would have).
+
+    Only the main thread can install signal handlers; elsewhere this logs a warning and returns
+    False. Installing twice is harmless.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        logger.warning("handle_signals needs the client to be created in the main thread; not installed")
+        return False
+    for signum in signals:
+        if signum in _installed:
+            continue
+        _installed[signum] = signal.getsignal(signum)
+        signal.signal(signum, _on_signal)
+    return True
+
+
+def _on_signal(signum: int, frame: types.FrameType | None) -> None:
+    shutdown_all()
+    previous = _installed.get(signum, signal.SIG_DFL)
+    if callable(previous):
+        previous(signum, frame)
+    elif previous == signal.SIG_DFL:
+        # End the way the signal would have ended us, with its exit status.
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+    # SIG_IGN: the process had chosen to ignore it; having shut down, carry on as it wished.
+
+
+# --- serverless --------------------------------------------------------------------------------
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class FlushAfter:
+    """Flush a client when a block or a decorated function (sync or async) ends, within a deadline.
+
+    Built by :meth:`Client.flush_after`. The flush runs whether the block ended normally or with
+    an exception, and never raises: an invocation's own outcome is never changed by analytics.
+    """
+
+    def __init__(self, client: Client, timeout: float) -> None:
+        self._client = client
+        self._timeout = timeout
+
+    def __enter__(self) -> FlushAfter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._client.flush(self._timeout)
+
+    async def __aenter__(self) -> FlushAfter:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._client.aflush(self._timeout)
+
+    def __call__(self, function: F) -> F:
+        if inspect.iscoroutinefunction(function):
+
+            @functools.wraps(function)
+            async def flushing_coroutine(*args: Any, **kwargs: Any) -> Any:
+                async with self:
+                    return await function(*args, **kwargs)
+
+            return flushing_coroutine  # type: ignore[return-value]
+
+        @functools.wraps(function)
+        def flushing(*args: Any, **kwargs: Any) -> Any:
+            with self:
+                return function(*args, **kwargs)
+
+        return flushing  # type: ignore[return-value]
 
 
 atexit.register(shutdown_all)
+_hook_multiprocessing()
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -254,6 +254,8 @@ class DiskSpool:
         if self._fd is None:
             return
         fd, self._fd = self._fd, None
+        # Other processes write here too: count the directory again before the next segment.
+        self._used = None
         try:
             os.fsync(fd)
         finally:

@@ -6,6 +6,7 @@ The worker and the synchronous calls speak to a :class:`Transport`; the default 
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import threading
@@ -101,19 +102,45 @@ class RequestsTransport:
         prepared.headers = headers
         prepared.body = request.body
         try:
-            answer = self._adapter.send(
-                prepared,
-                timeout=timeout,
-                verify=self._verify,
-                proxies=self._proxies_for(request.url),
-            )
-            body = answer.content  # reads the whole body, which returns the connection to the pool
+            try:
+                return self._send(prepared, timeout)
+            except requests.ConnectionError as exc:
+                if not _closed_by_peer(exc):
+                    raise
+                # A pooled keep-alive connection the server (or a NAT, or a frozen and thawed
+                # serverless runtime) had closed: once more, on a fresh connection. The
+                # idempotency key makes a duplicate harmless if the first one did arrive.
+                return self._send(prepared, timeout)
         except (requests.RequestException, OSError) as exc:
             raise TransportError(f"{type(exc).__name__}: {exc}") from exc
+
+    def _send(self, prepared: requests.PreparedRequest, timeout: float) -> Response:
+        answer = self._adapter.send(
+            prepared, timeout=timeout, verify=self._verify, proxies=self._proxies_for(prepared.url or "")
+        )
+        body = answer.content  # reads the whole body, which returns the connection to the pool
         return Response(answer.status_code, answer.headers, body)
 
     def close(self) -> None:
         self._adapter.close()
+
+
+def _closed_by_peer(error: BaseException) -> bool:
+    """Whether the connection was closed under us (not refused, not timed out).
+
+    requests and urllib3 wrap the socket error, in ``args`` or as cause/context: look through all.
+    """
+    pending, seen = [error], set()
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)):
+            return True
+        linked = [current.__cause__, current.__context__, *current.args]
+        pending += [item for item in linked if isinstance(item, BaseException)]
+    return False
 
 
 class MockTransport:

@@ -103,6 +103,8 @@ class Worker:
         max_concurrency: int,
         spool: DiskSpool | None = None,
         replay_interval: float = 30.0,
+        idle_timeout: float = 60.0,
+        may_retire: Callable[[Worker], bool] | None = None,
     ) -> None:
         self._queue = queue
         self._ledger = ledger
@@ -119,6 +121,8 @@ class Worker:
         self._stopping = False
         self._spool = spool
         self._replay_interval = replay_interval
+        self._idle_timeout = idle_timeout
+        self._may_retire = may_retire
         self._replay_due = 0.0  # monotonic time of the next look at the spool: at once, on start
         self._last_failure = 0.0
         self._last_success = 0.0
@@ -190,9 +194,14 @@ class Worker:
 
     def _serve(self) -> None:
         wakeup = self._queue.wakeup
+        idle_since = time.monotonic()
         while not self.abort.is_set():
-            wakeup.wait(self._flush_interval)
+            woken = wakeup.wait(self._flush_interval)
             wakeup.clear()
+            if woken or len(self._queue):
+                idle_since = time.monotonic()
+            elif time.monotonic() - idle_since >= self._idle_timeout and self._retire():
+                return
             try:
                 while len(self._queue) and not self.abort.is_set():
                     self._deliver_batch()
@@ -224,6 +233,13 @@ class Worker:
 
     def _run_chain(self, chain: list[tuple[int, Message]], results: list[bool]) -> None:
         results.append(self._deliver_chain(chain))
+
+    def _retire(self) -> bool:
+        """End the thread of a long-idle worker (many short-lived clients must not pile up
+        threads), unless the spool still holds work for it or the client refuses."""
+        if self._spool is not None and (self._spool.has_unreplayed or not self._replay_drained):
+            return False
+        return self._may_retire is not None and self._may_retire(self)
 
     # --- replay ------------------------------------------------------------------------------
 
