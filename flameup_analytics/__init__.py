@@ -25,7 +25,7 @@ from .errors import (
     TransportError,
     ValidationError,
 )
-from .ledger import Stats
+from .ledger import MessageOutcome, Stats
 from .message import Message
 from .retry import RetryPolicy
 from .transport import MockTransport, Request, RequestsTransport, Response, Transport
@@ -37,6 +37,7 @@ __all__ = [
     "DeliveryError",
     "FlameupError",
     "Message",
+    "MessageOutcome",
     "MockTransport",
     "Outcome",
     "Request",

@@ -18,8 +18,8 @@ from . import lifecycle
 from ._version import __version__
 from .delivery import Outcome, Result, api_error, deliver
 from .errors import APIError, ConfigurationError, DeliveryError
-from .ledger import ErrorCallback, Ledger, Stats
-from .message import IDENTIFY, TRACK, Message, identify_body, new_key, track_body, transactional_body
+from .ledger import ErrorCallback, Ledger, OutcomeCallback, Stats
+from .message import IDENTIFY, TRACK, Queued, identify_body, key_of, keys, track_body, transactional_body
 from .queue import MessageQueue
 from .retry import RetryPolicy
 from .spool import DEFAULT_MAX_BYTES, DiskSpool, NoSpool, default_directory
@@ -67,6 +67,7 @@ class Client:
         max_spool_bytes: int = DEFAULT_MAX_BYTES,
         handle_signals: bool = False,
         worker_idle_timeout: float = 60.0,
+        on_outcome: OutcomeCallback | None = None,
     ) -> None:
         self.api_key = _resolve_api_key(api_key, disabled)
         self.workspace_id = _resolve_workspace_id(workspace_id)
@@ -100,6 +101,7 @@ class Client:
         self.sync_mode = sync_mode
         self.disabled = disabled
         self.on_error = on_error
+        self.on_outcome = on_outcome
         self.worker_idle_timeout = worker_idle_timeout
         if debug:
             _enable_debug_logging()
@@ -131,7 +133,7 @@ class Client:
     def _reset_runtime(self) -> None:
         """(Re)create what belongs to one process: queue, worker, locks, counters."""
         self._queue = MessageQueue(self.max_queue_size, self.flush_at)
-        self._ledger = Ledger(self._spool or NoSpool(), self.on_error)
+        self._ledger = Ledger(self._spool or NoSpool(), self.on_error, self.on_outcome)
         self._worker: Worker | None = None
         self._worker_lock = threading.Lock()
         self._shutdown_lock = threading.Lock()
@@ -165,7 +167,7 @@ class Client:
         ``timestamp`` (a ``datetime``; naive means UTC) defaults to now.
         """
         user_id, body = track_body(external_id, event, parameters, timestamp, self.max_message_bytes)
-        message = Message(TRACK, user_id, body, new_key())
+        message: Queued = (TRACK, user_id, body, keys.next_number())
         if self._queue_directly and self._queue.put(message):
             if self._worker is None:
                 self._start_worker()
@@ -177,14 +179,14 @@ class Client:
         if self.workspace_id is None:
             raise _missing_workspace("identify()")
         user_id, body = identify_body(user_id, traits, self.max_message_bytes)
-        message = Message(IDENTIFY, user_id, body, new_key())
+        message: Queued = (IDENTIFY, user_id, body, keys.next_number())
         if self._queue_directly and self._queue.put(message):
             if self._worker is None:
                 self._start_worker()
             return
         self._enqueue_slowly(message)
 
-    def _enqueue_slowly(self, message: Message) -> None:
+    def _enqueue_slowly(self, message: Queued) -> None:
         if self.disabled:
             return
         with self._shutdown_lock:
@@ -231,11 +233,12 @@ class Client:
 
     # --- delivery ------------------------------------------------------------------------------
 
-    def _deliver_message(self, message: Message, abort: threading.Event | None) -> Outcome:
+    def _deliver_message(self, message: Queued, abort: threading.Event | None) -> Outcome:
         """Deliver one queued message; bounded by the retry budget (worker) or by ``timeout`` (sync)."""
+        kind, _, body, _ = message
         headers = dict(self._headers)
-        headers["Idempotency-Key"] = message.key
-        request = Request("POST", self._urls[message.kind], headers, message.body)
+        headers["Idempotency-Key"] = key_of(message)
+        request = Request("POST", self._urls[kind], headers, body)
         return deliver(
             self._transport,
             request,
@@ -250,7 +253,7 @@ class Client:
         """A synchronous API call with retries, bounded by ``timeout``; the decoded JSON answer."""
         headers = dict(self._headers)
         if body is not None:
-            headers["Idempotency-Key"] = new_key()
+            headers["Idempotency-Key"] = keys.new()
         request = Request(method, self._workspace_base + path, headers, body)
         outcome = deliver(
             self._transport,

@@ -11,15 +11,39 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from .delivery import Outcome, Result
 from .errors import DeliveryError, FlameupError
-from .message import Message
+from .message import Message, Queued, public
 from .spool import Spool
 
 logger = logging.getLogger("flameup_analytics")
 
 ErrorCallback = Callable[[FlameupError, list[Message]], object]
+OutcomeResult = Literal["delivered", "rejected", "dropped", "spooled"]
+
+
+@dataclass(frozen=True)
+class MessageOutcome:
+    """Where one message ended, as passed to ``on_outcome``: for metrics without subclassing."""
+
+    message: Message
+    #: ``"delivered"``, ``"rejected"``, ``"dropped"`` or ``"spooled"`` (to be replayed later).
+    result: OutcomeResult
+    #: The last HTTP status, or None when no answer came (or no attempt was made).
+    status: int | None
+    #: Requests made for it this time (0 when it never reached the network).
+    attempts: int
+    #: Why it was not delivered, if it was not.
+    error: FlameupError | None
+
+    @property
+    def kind(self) -> str:
+        return self.message.kind
+
+
+OutcomeCallback = Callable[[MessageOutcome], object]
 
 #: Warnings about lost messages are repeated at most this often, so a long outage can't flood logs.
 WARNING_INTERVAL = 60.0
@@ -58,9 +82,12 @@ class Stats:
 
 
 class Ledger:
-    def __init__(self, spool: Spool, on_error: ErrorCallback | None) -> None:
+    def __init__(
+        self, spool: Spool, on_error: ErrorCallback | None, on_outcome: OutcomeCallback | None = None
+    ) -> None:
         self._spool = spool
         self._on_error = on_error
+        self._on_outcome = on_outcome
         self._lock = threading.Lock()
         self.enqueued = 0
         self.delivered = 0
@@ -105,17 +132,22 @@ class Ledger:
         with self._lock:
             self.internal_errors += 1
 
-    def record(self, message: Message, outcome: Outcome) -> None:
+    def record(self, message: Queued, outcome: Outcome) -> None:
         """Count a message whose delivery ended with ``outcome``."""
         result = outcome.result
         if result is Result.DELIVERED:
             with self._lock:
                 self.delivered += 1
+            self._announce([message], "delivered", outcome, None)
         elif result is Result.REJECTED:
             assert outcome.error is not None
-            self.reject([message], outcome.error)
+            with self._lock:
+                self.rejected += 1
+            logger.debug("a message was rejected by the API: %s", outcome.error)
+            self._announce([message], "rejected", outcome, outcome.error)
+            self.report(outcome.error, [message])
         else:
-            self.hand_on([message], self.undelivered_error(outcome))
+            self.hand_on([message], self.undelivered_error(outcome), outcome)
 
     def undelivered_error(self, outcome: Outcome) -> DeliveryError:
         if outcome.result is Result.UNAUTHORIZED:
@@ -134,13 +166,9 @@ class Ledger:
             "retries_exhausted", f"not delivered after {outcome.attempts} attempt(s)", outcome.error
         )
 
-    def reject(self, messages: list[Message], error: FlameupError) -> None:
-        with self._lock:
-            self.rejected += len(messages)
-        logger.debug("%d message(s) rejected by the API: %s", len(messages), error)
-        self.report(error, messages)
-
-    def hand_on(self, messages: Sequence[Message], error: FlameupError) -> None:
+    def hand_on(
+        self, messages: Sequence[Queued], error: FlameupError, outcome: Outcome | None = None
+    ) -> None:
         """Spool what the spool takes; drop (count, warn, report) the rest."""
         try:
             kept = self._spool.store(messages)
@@ -163,13 +191,32 @@ class Ledger:
                 len(lost),
                 error,
             )
+        self._announce(messages[:kept], "spooled", outcome, error)
+        self._announce(lost, "dropped", outcome, error)
         if lost:
             self.report(error, lost)
 
-    def report(self, error: FlameupError, messages: list[Message]) -> None:
+    def _announce(
+        self,
+        messages: Sequence[Queued],
+        result: OutcomeResult,
+        outcome: Outcome | None,
+        error: FlameupError | None,
+    ) -> None:
+        if self._on_outcome is None or not messages:
+            return
+        status = None if outcome is None else outcome.status
+        attempts = 0 if outcome is None else outcome.attempts
+        for message in messages:
+            try:
+                self._on_outcome(MessageOutcome(public(message), result, status, attempts, error))
+            except Exception:
+                logger.exception("on_outcome raised; the SDK carries on")
+
+    def report(self, error: FlameupError, messages: Sequence[Queued]) -> None:
         if self._on_error is None:
             return
         try:
-            self._on_error(error, messages)
+            self._on_error(error, [public(message) for message in messages])
         except Exception:
             logger.exception("on_error raised; the SDK carries on")

@@ -20,7 +20,7 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .message import new_key
+from .message import keys
 
 if TYPE_CHECKING:
     from .client import Client
@@ -108,7 +108,7 @@ def _after_fork_in_child() -> None:
     # forever in the child: every lock, queue and thread is made anew, none is reused.
     global _lock
     _lock = threading.Lock()
-    new_key.reseed()
+    keys.reseed()
     for client in list(_clients):
         client._after_fork_in_child()
     _hook_multiprocessing()

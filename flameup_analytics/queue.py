@@ -10,12 +10,12 @@ from __future__ import annotations
 import threading
 from collections import deque
 
-from .message import Message
+from .message import Queued
 
 
 class MessageQueue:
     def __init__(self, max_size: int, flush_at: int) -> None:
-        self._items: deque[Message] = deque()
+        self._items: deque[Queued] = deque()
         self._max_size = max_size
         self._flush_at = flush_at
         #: Set when the worker should run: ``flush_at`` messages wait, or a flush or shutdown began.
@@ -23,7 +23,7 @@ class MessageQueue:
         self._take_lock = threading.Lock()
         self._taken = 0
 
-    def put(self, message: Message) -> bool:
+    def put(self, message: Queued) -> bool:
         """Append without blocking; False when full. Concurrent callers may overshoot by a few."""
         items = self._items
         if len(items) >= self._max_size:
@@ -33,7 +33,7 @@ class MessageQueue:
             self.wakeup.set()
         return True
 
-    def take(self, limit: int) -> tuple[int, list[Message]]:
+    def take(self, limit: int) -> tuple[int, list[Queued]]:
         """Up to ``limit`` messages, oldest first, with the sequence number of the first one."""
         items = self._items
         with self._take_lock:
@@ -42,7 +42,7 @@ class MessageQueue:
             self._taken += len(batch)
         return first, batch
 
-    def take_all(self) -> list[Message]:
+    def take_all(self) -> list[Queued]:
         return self.take(len(self._items))[1]
 
     def mark(self) -> int:

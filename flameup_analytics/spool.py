@@ -36,7 +36,7 @@ from typing import Any, Protocol
 
 import msgpack
 
-from .message import Message
+from .message import Message, Queued, key_of
 
 logger = logging.getLogger("flameup_analytics")
 
@@ -52,7 +52,7 @@ WARNING_INTERVAL = 60.0
 
 
 class Spool(Protocol):
-    def store(self, messages: Sequence[Message]) -> int:
+    def store(self, messages: Sequence[Queued]) -> int:
         """Keep what it can of ``messages``, oldest first; return how many it kept."""
         ...
 
@@ -60,17 +60,16 @@ class Spool(Protocol):
 class NoSpool:
     """``spool_dir=False``: keeps nothing, so what is handed on is dropped and counted."""
 
-    def store(self, messages: Sequence[Message]) -> int:
+    def store(self, messages: Sequence[Queued]) -> int:
         return 0
 
 
 # --- the record format ------------------------------------------------------------------------
 
 
-def encode_record(message: Message, created: float) -> bytes:
-    payload: bytes = msgpack.packb(
-        [message.kind, message.user_id, message.key, message.body, created], use_bin_type=True
-    )
+def encode_record(message: Queued, created: float) -> bytes:
+    kind, user_id, body, _ = message
+    payload: bytes = msgpack.packb([kind, user_id, key_of(message), body, created], use_bin_type=True)
     return _HEADER.pack(MAGIC, len(payload), zlib.crc32(payload)) + payload
 
 
@@ -178,7 +177,7 @@ class DiskSpool:
 
     # --- writing ---------------------------------------------------------------------------
 
-    def store(self, messages: Sequence[Message]) -> int:
+    def store(self, messages: Sequence[Queued]) -> int:
         """Append ``messages`` with one write; return how many were kept (the oldest first).
 
         Never raises for disk trouble: it logs (at most once a minute) and keeps what it could.

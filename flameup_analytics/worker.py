@@ -21,13 +21,13 @@ from queue import SimpleQueue
 from .delivery import Outcome, Result
 from .errors import DeliveryError, FlameupError
 from .ledger import Ledger
-from .message import Message
+from .message import USER_ID, Queued
 from .queue import MessageQueue
 from .spool import DiskSpool, SegmentReader
 
 logger = logging.getLogger("flameup_analytics")
 
-DeliverFn = Callable[[Message, threading.Event], Outcome]
+DeliverFn = Callable[[Queued, threading.Event], Outcome]
 
 
 class _SenderPool:
@@ -113,7 +113,7 @@ class Worker:
         self._flush_interval = flush_interval
         self._pool = _SenderPool(max_concurrency, ledger.count_internal_error)
         #: Messages taken from the queue and not yet settled, by sequence number.
-        self._pending: dict[int, Message] = {}
+        self._pending: dict[int, Queued] = {}
         #: Pending messages whose outcome is being counted right now.
         self._claimed: set[int] = set()
         #: Guards ``_pending`` together with the queue's take count; flush() waits on it.
@@ -149,7 +149,7 @@ class Worker:
         self._thread.join(max(0.0, timeout))
         return not self._thread.is_alive()
 
-    def take_unsettled(self) -> list[Message]:
+    def take_unsettled(self) -> list[Queued]:
         """Interrupt delivery and take back every message not yet settled, oldest first.
 
         A request already in flight may still succeed; its message is then both delivered and
@@ -219,19 +219,19 @@ class Worker:
             first, batch = self._queue.take(self._batch_size)
         self._deliver_messages(list(enumerate(batch, first)))
 
-    def _deliver_messages(self, entries: list[tuple[int, Message]]) -> bool:
+    def _deliver_messages(self, entries: list[tuple[int, Queued]]) -> bool:
         """Deliver numbered messages, one chain per user; True if all were delivered or rejected."""
-        chains: dict[str, list[tuple[int, Message]]] = {}
+        chains: dict[str, list[tuple[int, Queued]]] = {}
         with self._settled:
             for seq, message in entries:
                 self._pending[seq] = message
-                chains.setdefault(message.user_id, []).append((seq, message))
+                chains.setdefault(message[USER_ID], []).append((seq, message))
         logger.debug("delivering a batch of %d message(s) for %d user(s)", len(entries), len(chains))
         results: list[bool] = []
         self._pool.run([functools.partial(self._run_chain, chain, results) for chain in chains.values()])
         return all(results)
 
-    def _run_chain(self, chain: list[tuple[int, Message]], results: list[bool]) -> None:
+    def _run_chain(self, chain: list[tuple[int, Queued]], results: list[bool]) -> None:
         results.append(self._deliver_chain(chain))
 
     def _retire(self) -> bool:
@@ -308,7 +308,7 @@ class Worker:
 
     # --- one user's messages -----------------------------------------------------------------
 
-    def _deliver_chain(self, chain: list[tuple[int, Message]]) -> bool:
+    def _deliver_chain(self, chain: list[tuple[int, Queued]]) -> bool:
         """Deliver one user's messages in order; True if each was delivered or rejected.
 
         If one cannot be delivered now, neither can the ones after it: they are handed on with
@@ -333,7 +333,7 @@ class Worker:
             with self._settling([s for s, _ in chain[index:]]) as claimed:
                 if claimed:
                     error: DeliveryError = self._ledger.undelivered_error(outcome)
-                    self._ledger.hand_on([m for s, m in chain[index:] if s in claimed], error)
+                    self._ledger.hand_on([m for s, m in chain[index:] if s in claimed], error, outcome)
             return False
         return True
 

@@ -204,9 +204,18 @@ def test_transactional_body_and_channel_check() -> None:
 
 
 def test_idempotency_keys_are_unique_and_change_after_reseed() -> None:
-    keys = {message.new_key() for _ in range(1000)}
-    assert len(keys) == 1000
-    before = message.new_key()
-    message.new_key.reseed()
-    after = message.new_key()
+    generated = {message.keys.new() for _ in range(1000)}
+    assert len(generated) == 1000
+    before = message.keys.new()
+    message.keys.reseed()
+    after = message.keys.new()
     assert before.split("-")[0] != after.split("-")[0]
+
+
+def test_a_queued_message_is_an_exact_tuple_and_shows_its_key_as_text() -> None:
+    number = message.keys.next_number()
+    queued: message.Queued = ("track", "user_1", b"{}", number)
+    assert type(queued) is tuple  # what lets the garbage collector stop tracking queued messages
+    shown = message.public(queued)
+    assert shown == message.Message("track", "user_1", b"{}", message.keys.text(number))
+    assert message.key_of(("identify", "u", b"{}", "from-the-spool")) == "from-the-spool"
