@@ -28,7 +28,7 @@ from .errors import (
 from .ledger import MessageOutcome, Stats
 from .message import Message
 from .retry import RetryPolicy
-from .transport import MockTransport, Request, RequestsTransport, Response, Transport
+from .transport import HTTPTransport, MockTransport, Request, RequestsTransport, Response, Transport
 
 __all__ = [
     "APIError",
@@ -36,6 +36,7 @@ __all__ = [
     "ConfigurationError",
     "DeliveryError",
     "FlameupError",
+    "HTTPTransport",
     "Message",
     "MessageOutcome",
     "MockTransport",

@@ -23,7 +23,7 @@ from .message import IDENTIFY, TRACK, Queued, identify_body, key_of, keys, track
 from .queue import MessageQueue
 from .retry import RetryPolicy
 from .spool import DEFAULT_MAX_BYTES, DiskSpool, NoSpool, default_directory
-from .transport import Request, RequestsTransport, Transport
+from .transport import HTTPTransport, Request, Transport
 from .worker import Worker
 
 logger = logging.getLogger("flameup_analytics")
@@ -107,7 +107,7 @@ class Client:
             _enable_debug_logging()
 
         self._own_transport = transport is None
-        self._transport: Transport = transport or RequestsTransport(pool_size=max_concurrency)
+        self._transport: Transport = transport or HTTPTransport(pool_size=max_concurrency)
         base = self.host + "/api/v1"
         workspace = urllib.parse.quote(self.workspace_id or "", safe="")
         self._urls = {TRACK: base + "/track", IDENTIFY: f"{base}/workspaces/{workspace}/people"}
@@ -146,7 +146,7 @@ class Client:
         """Start empty in a forked child: the parent still owns, and delivers, what it had queued.
         The parent's pooled connections are left alone (sharing a socket would mix up replies)."""
         if self._own_transport:
-            self._transport = RequestsTransport(pool_size=self.max_concurrency)
+            self._transport = HTTPTransport(pool_size=self.max_concurrency)
         if self._spool is not None:
             self._spool.after_fork_in_child()
         self._reset_runtime()
