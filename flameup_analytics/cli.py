@@ -14,13 +14,15 @@ import json
 import os
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from ._version import __version__
-from .client import DEFAULT_HOST, Client
-from .errors import ConfigurationError
+from .client import DEFAULT_HOST, USER_AGENT, Client
+from .diagnosis import diagnose
+from .errors import APIError, ConfigurationError, ValidationError
+from .ledger import MessageOutcome
 from .spool import default_directory, purge, summarize
 
 EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE = 0, 1, 2
@@ -67,6 +69,36 @@ def _parser() -> argparse.ArgumentParser:
     _spool_options(purge_parser)
     purge_parser.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
     purge_parser.set_defaults(run=_spool_purge)
+
+    send = commands.add_parser("send", help="send one call now, with the SDK's retries")
+    send_commands = send.add_subparsers(title="calls", metavar="CALL")
+    send.set_defaults(run=functools.partial(_usage, send))
+    send_track = send_commands.add_parser("track", help="track an event")
+    send_track.add_argument("external_id")
+    send_track.add_argument("event")
+    _fields_option(send_track, "--param", "parameters")
+    send_track.add_argument("--timestamp", help="ISO 8601 time of the event (default: now)")
+    send_track.set_defaults(run=_send_track)
+    send_identify = send_commands.add_parser("identify", help="create or update a person")
+    send_identify.add_argument("user_id")
+    _fields_option(send_identify, "--trait", "traits")
+    send_identify.set_defaults(run=_send_identify)
+    send_transactional = send_commands.add_parser("transactional", help="send a transactional message")
+    send_transactional.add_argument("user_id")
+    send_transactional.add_argument("template_id")
+    send_transactional.add_argument("channel", choices=("email", "sms", "push"))
+    _fields_option(send_transactional, "--var", "variables")
+    send_transactional.set_defaults(run=_send_transactional)
+    for call in (send_track, send_identify, send_transactional):
+        call.add_argument("--timeout", type=float, default=10.0, help="give up after this many seconds")
+        call.add_argument("--json", action="store_true", help="print machine-readable JSON")
+
+    check = commands.add_parser(
+        "check", help="check connectivity and credentials (DNS, TCP, TLS, proxy, key, clock)"
+    )
+    check.add_argument("--timeout", type=float, default=5.0, help="seconds for each network step")
+    check.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    check.set_defaults(run=_check)
     return parser
 
 
@@ -178,3 +210,128 @@ def _spool_purge(args: argparse.Namespace) -> int:
     else:
         print(f"deleted {deleted} segment(s) from {directory}")
     return EXIT_OK
+
+
+# --- send ------------------------------------------------------------------------------------
+
+
+def _fields_option(parser: argparse.ArgumentParser, flag: str, name: str) -> None:
+    parser.add_argument(
+        flag,
+        dest="fields",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"one of the {name}; VALUE is read as JSON when it parses (42, true, [1]), else as text",
+    )
+    parser.add_argument(
+        f"--{name}", dest="fields_json", metavar="JSON", help=f"all the {name} as a JSON object"
+    )
+
+
+def _fields(args: argparse.Namespace) -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    if args.fields_json:
+        try:
+            loaded = json.loads(args.fields_json)
+        except ValueError as exc:
+            raise _UsageError(f"not valid JSON: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise _UsageError("the JSON must be an object")
+        fields.update(loaded)
+    for item in args.fields:
+        key, separator, text = item.partition("=")
+        if not separator or not key:
+            raise _UsageError(f"expected KEY=VALUE, not {item!r}")
+        try:
+            fields[key] = json.loads(text)
+        except ValueError:
+            fields[key] = text
+    return fields
+
+
+class _UsageError(Exception):
+    pass
+
+
+def _send(args: argparse.Namespace, call: Callable[[Client], Any]) -> int:
+    """Run one call on a synchronous client and report how it ended."""
+    outcomes: list[MessageOutcome] = []
+    client = Client(sync_mode=True, spool_dir=False, timeout=args.timeout, on_outcome=outcomes.append)
+    try:
+        answer = call(client)
+    except (_UsageError, ValidationError) as exc:
+        print(f"flameup-analytics: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except APIError as exc:
+        report: dict[str, Any] = {"ok": False, "status": exc.status, "error": exc.message}
+    else:
+        if outcomes:  # track and identify: the queued path, reported through on_outcome
+            outcome = outcomes[-1]
+            report = {
+                "ok": outcome.result == "delivered",
+                "status": outcome.status,
+                "attempts": outcome.attempts,
+            }
+            if outcome.error is not None:
+                report["error"] = str(outcome.error)
+        else:
+            report = {"ok": True, "answer": answer}
+    finally:
+        client.shutdown()
+    if args.json:
+        print(json.dumps(report, indent=2))
+    elif report["ok"]:
+        print(f"sent (HTTP {report.get('status', 200)})" + (f": {json.dumps(answer)}" if answer else ""))
+    else:
+        print(f"not sent: {report.get('error')}", file=sys.stderr)
+    return EXIT_OK if report["ok"] else EXIT_INCOMPLETE
+
+
+def _send_track(args: argparse.Namespace) -> int:
+    def call(client: Client) -> None:
+        timestamp = None
+        if args.timestamp:
+            try:
+                timestamp = dt.datetime.fromisoformat(args.timestamp.replace("Z", "+00:00"))
+            except ValueError as exc:
+                raise _UsageError(f"--timestamp: {exc}") from None
+        client.track(args.external_id, args.event, _fields(args), timestamp=timestamp)
+
+    return _send(args, call)
+
+
+def _send_identify(args: argparse.Namespace) -> int:
+    return _send(args, lambda client: client.identify(args.user_id, _fields(args)))
+
+
+def _send_transactional(args: argparse.Namespace) -> int:
+    return _send(
+        args,
+        lambda client: client.send_transactional(args.user_id, args.template_id, args.channel, _fields(args)),
+    )
+
+
+# --- check -----------------------------------------------------------------------------------
+
+
+def _check(args: argparse.Namespace) -> int:
+    settings = Client(spool_dir=False)  # reads and checks the configuration; sends nothing
+    settings.shutdown()
+    findings = diagnose(settings.api_key, settings.workspace_id, settings.host, USER_AGENT, args.timeout)
+    ok = all(finding.ok for finding in findings)
+    if args.json:
+        print(
+            json.dumps(
+                {"ok": ok, "host": settings.host, "findings": [dataclasses.asdict(f) for f in findings]},
+                indent=2,
+            )
+        )
+    else:
+        print(f"checking {settings.host}")
+        for finding in findings:
+            print(f"  {'ok  ' if finding.ok else 'FAIL'} {finding.step:<13} {finding.detail}")
+            if finding.hint:
+                print(f"       {'':<13} -> {finding.hint}")
+        print("all good" if ok else "problems found")
+    return EXIT_OK if ok else EXIT_INCOMPLETE

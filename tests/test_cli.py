@@ -133,3 +133,100 @@ def test_purge_keeps_everything_unless_the_answer_is_yes(tmp_path: Path, answer:
     assert result.returncode == 1
     assert "nothing deleted" in result.stdout
     assert summarize(tmp_path).messages == 2
+
+
+# --- send -----------------------------------------------------------------------------------------
+
+
+def test_send_track_parses_values_and_reports_attempts(server: LocalServer) -> None:
+    server.add_fault(Fault(status=503, times=2))
+    result = cli(
+        "send", "track", "user_1", "purchase_completed",
+        "--param", "amount=19.9", "--param", "plan=pro", "--param", "tags=[1, 2]", "--json",
+        env=api_env(server),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"ok": True, "status": 200, "attempts": 3}
+    (request,) = server.tracks()
+    assert request.json["parameters"] == {"amount": 19.9, "plan": "pro", "tags": [1, 2]}
+
+
+def test_send_identify_and_transactional(server: LocalServer) -> None:
+    identify = cli("send", "identify", "user_1", "--traits", '{"plan": "pro"}', env=api_env(server))
+    assert identify.returncode == 0, identify.stderr
+    assert server.people["user_1"] == {"plan": "pro"}
+    sent = cli(
+        "send", "transactional", "user_1", "welcome", "email", "--var", "name=Jane", env=api_env(server)
+    )
+    assert sent.returncode == 0, sent.stderr
+    assert '"status": "queued"' in sent.stdout
+    assert server.transactionals()[0].json["variables"] == {"name": "Jane"}
+
+
+def test_send_reports_a_rejection_with_exit_1(server: LocalServer) -> None:
+    server.add_fault(Fault(status=422, message="event name not allowed"))
+    result = cli("send", "track", "user_1", "bad", env=api_env(server))
+    assert result.returncode == 1
+    assert "event name not allowed" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        ("send", "track", "user_1", "e", "--param", "novalue"),
+        ("send", "track", "user_1", "e", "--parameters", "[1]"),
+        ("send", "track", "", "e"),
+        ("send", "transactional", "u", "t", "fax"),
+    ],
+)
+def test_send_usage_errors_exit_2(server: LocalServer, arguments: tuple[str, ...]) -> None:
+    result = cli(*arguments, env=api_env(server))
+    assert result.returncode == 2
+    assert result.stderr
+
+
+# --- check ----------------------------------------------------------------------------------------
+
+
+def test_check_passes_against_a_working_api(server: LocalServer) -> None:
+    result = cli("check", "--json", env=api_env(server))
+    assert result.returncode == 0, result.stdout
+    report = json.loads(result.stdout)
+    assert report["ok"] is True
+    assert [f["step"] for f in report["findings"]][:4] == ["configuration", "dns", "tcp", "auth"]
+
+
+def test_check_names_a_refused_key(server: LocalServer) -> None:
+    result = cli("check", env={**api_env(server), "FLAMEUP_API_KEY": "ws_live_abc12345_abc123.wrong"})
+    assert result.returncode == 1
+    assert "FAIL auth" in result.stdout and "check FLAMEUP_API_KEY" in result.stdout
+
+
+def test_check_names_an_unknown_workspace(server: LocalServer) -> None:
+    result = cli("check", env={**api_env(server), "FLAMEUP_WORKSPACE_ID": "ws_other"})
+    assert result.returncode == 1
+    assert "FLAMEUP_WORKSPACE_ID" in result.stdout
+
+
+def test_check_names_an_unreachable_host() -> None:
+    with LocalServer() as gone:
+        url = gone.url
+    result = cli(
+        "check", env={"FLAMEUP_API_KEY": API_KEY, "FLAMEUP_WORKSPACE_ID": WORKSPACE, "FLAMEUP_HOST": url}
+    )
+    assert result.returncode == 1
+    assert "FAIL tcp" in result.stdout
+
+
+def test_dns_failures_and_clock_skew_are_explained(monkeypatch: pytest.MonkeyPatch) -> None:
+    from flameup_analytics import diagnosis
+
+    def no_dns(*args: object, **kwargs: object) -> None:
+        raise diagnosis.socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.setattr(diagnosis.socket, "getaddrinfo", no_dns)
+    (configuration, dns) = diagnosis.diagnose(API_KEY, WORKSPACE, "https://api.example.invalid", "ua")
+    assert configuration.ok and not dns.ok and "FLAMEUP_HOST" in dns.hint
+    skewed = diagnosis.clock_skew("Thu, 26 Nov 2026 10:00:00 GMT", 1795687200.0 + 300)
+    assert not skewed.ok and "+300 s" in skewed.detail
+    assert diagnosis.clock_skew("Thu, 26 Nov 2026 10:00:00 GMT", 1795687200.0 + 2).ok

@@ -1,0 +1,194 @@
+"""``flameup-analytics check``: can this machine reach the API with these credentials?
+
+Each step is checked on its own so the report names the first thing that is wrong (DNS, TCP,
+TLS, proxy, key, workspace, clock) and what to do about it.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import re
+import secrets
+import socket
+import ssl
+import time
+import urllib.parse
+from dataclasses import dataclass
+
+from requests.utils import DEFAULT_CA_BUNDLE_PATH, get_environ_proxies
+
+from .errors import TransportError
+from .message import keys
+from .transport import HTTPTransport, Request
+
+#: Beyond this, the timestamps the SDK stamps on events (from this machine's clock) are off.
+MAX_CLOCK_SKEW = 60.0
+KEY_PATTERN = re.compile(r"^ws_(live|test)_[A-Za-z0-9]+_[A-Za-z0-9]+\.\S+$")
+
+
+@dataclass(frozen=True)
+class Finding:
+    step: str
+    ok: bool
+    detail: str
+    hint: str = ""
+
+
+def diagnose(
+    api_key: str, workspace_id: str | None, host: str, user_agent: str, timeout: float = 5.0
+) -> list[Finding]:
+    """Check each step from configuration to an authenticated request; stop at the first hard failure."""
+    findings = [_configuration(api_key, workspace_id)]
+    parts = urllib.parse.urlsplit(host)
+    hostname = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    proxy = get_environ_proxies(host).get(parts.scheme)
+    if proxy:
+        findings.append(Finding("proxy", True, f"requests go through {proxy} (from the environment)"))
+        proxy_parts = urllib.parse.urlsplit(proxy)
+        reach_host, reach_port = proxy_parts.hostname or "", proxy_parts.port or 80
+    else:
+        reach_host, reach_port = hostname, port
+    for step in (_dns, _tcp):
+        finding = step(reach_host, reach_port, timeout)
+        findings.append(finding)
+        if not finding.ok:
+            return findings
+    if parts.scheme == "https" and not proxy:
+        finding = _tls(hostname, port, timeout)
+        findings.append(finding)
+        if not finding.ok:
+            return findings
+    findings += _api(api_key, workspace_id, host, user_agent, timeout)
+    return findings
+
+
+def _configuration(api_key: str, workspace_id: str | None) -> Finding:
+    if not KEY_PATTERN.match(api_key):
+        return Finding(
+            "configuration",
+            True,
+            "the API key does not look like ws_live_abc12345_abc123.your_secret_here",
+            "check FLAMEUP_API_KEY if the API refuses it",
+        )
+    if workspace_id is None:
+        return Finding(
+            "configuration",
+            True,
+            "no workspace id: track() works, identify/send_transactional/get_person do not",
+            "set FLAMEUP_WORKSPACE_ID",
+        )
+    return Finding("configuration", True, f"key {api_key[:12]}..., workspace {workspace_id}")
+
+
+def _dns(hostname: str, port: int, timeout: float) -> Finding:
+    try:
+        found = socket.getaddrinfo(hostname, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        return Finding(
+            "dns", False, f"cannot resolve {hostname}: {exc}", "check FLAMEUP_HOST and the DNS setup"
+        )
+    addresses = sorted({str(info[4][0]) for info in found})
+    return Finding("dns", True, f"{hostname} -> {', '.join(addresses)}")
+
+
+def _tcp(hostname: str, port: int, timeout: float) -> Finding:
+    started = time.monotonic()
+    try:
+        socket.create_connection((hostname, port), timeout=timeout).close()
+    except OSError as exc:
+        return Finding(
+            "tcp",
+            False,
+            f"cannot connect to {hostname}:{port}: {exc}",
+            "a firewall or a missing HTTPS_PROXY setting? (egress to the API must be allowed)",
+        )
+    return Finding(
+        "tcp", True, f"connected to {hostname}:{port} in {(time.monotonic() - started) * 1000:.0f} ms"
+    )
+
+
+def _tls(hostname: str, port: int, timeout: float) -> Finding:
+    context = ssl.create_default_context(cafile=DEFAULT_CA_BUNDLE_PATH)
+    try:
+        with (
+            socket.create_connection((hostname, port), timeout=timeout) as raw,
+            context.wrap_socket(raw, server_hostname=hostname) as tls,
+        ):
+            version = tls.version()
+            certificate = tls.getpeercert() or {}
+    except ssl.SSLCertVerificationError as exc:
+        return Finding(
+            "tls",
+            False,
+            f"the certificate of {hostname} is not trusted: {exc.verify_message}",
+            "a TLS-inspecting proxy? set REQUESTS_CA_BUNDLE to its CA bundle",
+        )
+    except (ssl.SSLError, OSError) as exc:
+        return Finding("tls", False, f"TLS handshake with {hostname} failed: {exc}")
+    expires = certificate.get("notAfter", "?")
+    return Finding("tls", True, f"{version}, certificate valid until {expires}")
+
+
+def _api(api_key: str, workspace_id: str | None, host: str, user_agent: str, timeout: float) -> list[Finding]:
+    if workspace_id is None:
+        return [Finding("auth", True, "not checked: it needs a workspace id", "set FLAMEUP_WORKSPACE_ID")]
+    # A read that changes nothing: look up a person that cannot exist.
+    query = urllib.parse.urlencode({"external_id": f"flameup-check-{secrets.token_hex(4)}"})
+    workspace = urllib.parse.quote(workspace_id, safe="")
+    request = Request(
+        "GET",
+        f"{host}/api/v1/workspaces/{workspace}/people/search?{query}",
+        {"Authorization": f"Bearer {api_key}", "User-Agent": user_agent, "Idempotency-Key": keys.new()},
+    )
+    transport = HTTPTransport(pool_size=1)
+    sent = time.time()
+    try:
+        answer = transport.send(request, timeout)
+    except TransportError as exc:
+        return [Finding("http", False, f"no HTTP answer: {exc}")]
+    finally:
+        transport.close()
+    # The API stamped its Date somewhere during the round trip: compare with the middle of it.
+    findings = [clock_skew(answer.header("Date"), (sent + time.time()) / 2)]
+    if 200 <= answer.status < 300:
+        findings.insert(0, Finding("auth", True, f"the API accepted the key for workspace {workspace_id}"))
+    elif answer.status in (401, 403):
+        findings.insert(
+            0,
+            Finding(
+                "auth",
+                False,
+                f"HTTP {answer.status}: {answer.error_message()}",
+                "the key is wrong or revoked: check FLAMEUP_API_KEY",
+            ),
+        )
+    elif answer.status == 404:
+        findings.insert(
+            0,
+            Finding(
+                "auth",
+                False,
+                f"HTTP 404: {answer.error_message()}",
+                "unknown workspace or wrong host: check FLAMEUP_WORKSPACE_ID and FLAMEUP_HOST",
+            ),
+        )
+    else:
+        findings.insert(0, Finding("auth", False, f"HTTP {answer.status}: {answer.error_message()}"))
+    return findings
+
+
+def clock_skew(date_header: str | None, local_time: float) -> Finding:
+    try:
+        server_time = email.utils.parsedate_to_datetime(date_header or "").timestamp()
+    except (TypeError, ValueError):
+        return Finding("clock", True, "the API sent no usable Date header: skew not checked")
+    skew = local_time - server_time
+    if abs(skew) > MAX_CLOCK_SKEW:
+        return Finding(
+            "clock",
+            False,
+            f"this machine's clock is {skew:+.0f} s off the API's",
+            "event timestamps come from this clock: enable NTP",
+        )
+    return Finding("clock", True, f"within {MAX_CLOCK_SKEW:.0f} s of the API's ({skew:+.1f} s)")
