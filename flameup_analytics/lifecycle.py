@@ -138,7 +138,14 @@ def install_signal_handlers(signals: tuple[signal.Signals, ...] = (signal.SIGTER
 
 
 def _on_signal(signum: int, frame: types.FrameType | None) -> None:
-    shutdown_all()
+    # The handler runs in the main thread between two bytecodes, possibly while that thread holds
+    # one of the SDK's locks: shutting down here could wait on it forever. A helper thread does
+    # the shutdown; the wait for it is bounded, so a stuck lock costs the deadline, not a hang.
+    clients = live_clients()
+    if clients:
+        helper = threading.Thread(target=shutdown_all, name="flameup-signal-shutdown", daemon=True)
+        helper.start()
+        helper.join(max(client.shutdown_timeout for client in clients) + 1.0)
     previous = _installed.get(signum, signal.SIG_DFL)
     if callable(previous):
         previous(signum, frame)

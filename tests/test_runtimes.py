@@ -156,6 +156,26 @@ def test_handle_signals_keeps_ctrl_c_a_keyboard_interrupt(server: LocalServer) -
     assert len(server.tracks()) == 20
 
 
+def test_a_signal_while_the_main_thread_holds_an_sdk_lock_does_not_hang(server: LocalServer) -> None:
+    script = textwrap.dedent(
+        f"""
+        import os, signal
+        import flameup_analytics as fa
+        client = fa.Client(api_key={API_KEY!r}, host={server.url!r}, spool_dir=False,
+                           handle_signals=True, shutdown_timeout=0.5)
+        client.track("user_1", "clicked")
+        with client._shutdown_lock:  # the handler runs right here, between two bytecodes
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(10_000_000):
+                pass
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == -signal.SIGTERM, result.stderr
+
+
 def test_without_handle_signals_sigterm_loses_what_is_in_memory(server: LocalServer) -> None:
     # What docs/spool.md says happens by default: the process dies at once, atexit never runs.
     process = spawn(server, "", "handle_signals=False")
