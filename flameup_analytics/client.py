@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import platform
@@ -10,19 +11,28 @@ import threading
 import time
 import types
 import urllib.parse
-from collections.abc import Mapping
-from pathlib import Path
-from typing import Any, Literal
+from collections.abc import Callable, Mapping
+from typing import Any, Literal, Protocol
 
 from . import lifecycle
 from ._version import __version__
 from .delivery import Outcome, Result, api_error, deliver
 from .errors import APIError, ConfigurationError, DeliveryError
 from .ledger import ErrorCallback, Ledger, OutcomeCallback, Stats
-from .message import IDENTIFY, TRACK, Queued, identify_body, key_of, keys, track_body, transactional_body
+from .message import (
+    IDENTIFY,
+    TRACK,
+    Queued,
+    identify_body,
+    key_of,
+    keys,
+    require_id,
+    track_body,
+    transactional_body,
+)
 from .queue import MessageQueue
 from .retry import RetryPolicy
-from .spool import DEFAULT_MAX_BYTES, DiskSpool, NoSpool, default_directory
+from .spool import DEFAULT_MAX_BYTES, DiskSpool, NoSpool, default_directories
 from .transport import HTTPTransport, Request, Transport
 from .worker import Worker
 
@@ -34,6 +44,22 @@ USER_AGENT = (
     f"(python {platform.python_version()}; {platform.system().lower() or 'unknown'})"
 )
 _UNSET: Any = object()
+
+
+class _Recorder(Protocol):
+    """What ``flameup_analytics.testing.capture()`` installs: it takes the messages of every client
+    instead of their queues and the API."""
+
+    def _record(self, message: Queued) -> None: ...
+
+    def _send_transactional(self, body: bytes) -> dict[str, Any]: ...
+
+    def _get_person(self, user_id: str) -> dict[str, Any] | None: ...
+
+
+#: The active capture, if any. Set only by ``flameup_analytics.testing.capture``, which also clears
+#: ``_queue_directly`` on every live client so their messages reach ``_enqueue_slowly``.
+_recorder: _Recorder | None = None
 
 
 class Client:
@@ -84,12 +110,7 @@ class Client:
         retry = retry or RetryPolicy()
         if max_retries is not _UNSET:
             _require(max_retries >= 0, "max_retries must be >= 0")
-            retry = RetryPolicy(
-                max_retries=max_retries,
-                backoff_factor=retry.backoff_factor,
-                max_backoff=retry.max_backoff,
-                max_retry_after=retry.max_retry_after,
-            )
+            retry = dataclasses.replace(retry, max_retries=max_retries)
         self.retry = retry
         self.flush_at = flush_at
         self.flush_interval = flush_interval
@@ -120,11 +141,12 @@ class Client:
         }
         self._spool: DiskSpool | None = None
         if spool_dir is not False and not disabled:
-            directory = default_directory(self.host, self.workspace_id) if spool_dir is None else spool_dir
-            self._spool = DiskSpool(Path(directory), max_bytes=max_spool_bytes)
+            directory = default_directories(self.host, self.workspace_id) if spool_dir is None else spool_dir
+            self._spool = DiskSpool(directory, max_bytes=max_spool_bytes)
         self._closed = False
         self._reset_runtime()
         lifecycle.register(self)
+        self._reroute()  # a capture that began after _reset_runtime() may have missed this client
         if handle_signals:
             lifecycle.install_signal_handlers()
         if self._spool is not None and self._queue_directly:
@@ -140,7 +162,15 @@ class Client:
         #: Accepted messages that never entered the queue (queue full, sync mode, closed).
         self._bypassed = 0
         #: One flag for the hot path: anything but "queue it" takes the slow branch.
-        self._queue_directly = not (self.disabled or self.sync_mode or self._closed)
+        self._queue_directly = self._may_queue_directly()
+
+    def _may_queue_directly(self) -> bool:
+        return not (self.disabled or self.sync_mode or self._closed) and _recorder is None
+
+    def _reroute(self) -> None:
+        """Recompute the hot path's flag, as a capture begins or ends."""
+        with self._shutdown_lock:  # so a concurrent shutdown() is never undone
+            self._queue_directly = self._may_queue_directly()
 
     def _after_fork_in_child(self) -> None:
         """Start empty in a forked child: the parent still owns, and delivers, what it had queued.
@@ -176,7 +206,7 @@ class Client:
 
     def identify(self, user_id: str, traits: Mapping[str, Any] | None = None) -> None:
         """Create or update the person ``user_id`` with ``traits``. Returns at once."""
-        if self.workspace_id is None:
+        if self.workspace_id is None and not self.disabled:
             raise _missing_workspace("identify()")
         user_id, body = identify_body(user_id, traits, self.max_message_bytes)
         message: Queued = (IDENTIFY, user_id, body, keys.next_number())
@@ -187,6 +217,10 @@ class Client:
         self._enqueue_slowly(message)
 
     def _enqueue_slowly(self, message: Queued) -> None:
+        recorder = _recorder
+        if recorder is not None:
+            recorder._record(message)
+            return
         if self.disabled:
             return
         with self._shutdown_lock:
@@ -233,7 +267,9 @@ class Client:
 
     # --- delivery ------------------------------------------------------------------------------
 
-    def _deliver_message(self, message: Queued, abort: threading.Event | None) -> Outcome:
+    def _deliver_message(
+        self, message: Queued, abort: threading.Event | None, on_attempt: Callable[[], None] | None = None
+    ) -> Outcome:
         """Deliver one queued message; bounded by the retry budget (worker) or by ``timeout`` (sync)."""
         kind, _, body, _ = message
         headers = dict(self._headers)
@@ -247,6 +283,7 @@ class Client:
             abort=abort or threading.Event(),
             deadline=None if abort else time.monotonic() + self.timeout,
             on_retry=self._ledger.count_retry,
+            on_attempt=on_attempt,
         )
 
     def _call(self, method: str, path: str, body: bytes | None = None) -> Any:
@@ -283,19 +320,27 @@ class Client:
         variables: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Send a transactional message now; return the API's answer. Raises :class:`APIError`."""
-        if self.workspace_id is None:
+        if self.workspace_id is None and not self.disabled:
             raise _missing_workspace("send_transactional()")
         body = transactional_body(user_id, template_id, channel, variables, self.max_message_bytes)
+        recorder = _recorder
+        if recorder is not None:
+            return recorder._send_transactional(body)
+        if self.disabled:
+            return {}
         answer = self._call("POST", "/transactional/send", body)
         return answer if isinstance(answer, dict) else {}
 
     def get_person(self, user_id: str) -> dict[str, Any] | None:
         """The person whose external id is ``user_id``, or None. Raises :class:`APIError`."""
-        if self.workspace_id is None:
+        if self.workspace_id is None and not self.disabled:
             raise _missing_workspace("get_person()")
-        from .message import require_id
-
         user_id = require_id(user_id, "user_id")
+        recorder = _recorder
+        if recorder is not None:
+            return recorder._get_person(user_id)
+        if self.disabled:
+            return None
         answer = self._call("GET", "/people/search?" + urllib.parse.urlencode({"external_id": user_id}))
         people = answer.get("people") if isinstance(answer, dict) else None
         if not people:
@@ -369,13 +414,13 @@ class Client:
             if worker is not None:
                 worker.stop()
                 if not worker.join(deadline - time.monotonic()):
-                    leftovers = worker.take_unsettled()
+                    leftovers, tried = worker.take_unsettled()
                     if leftovers:
                         logger.warning(
                             "shutdown deadline reached with %d message(s) undelivered", len(leftovers)
                         )
                         self._ledger.hand_on(
-                            leftovers, DeliveryError("shutdown", "the shutdown deadline passed")
+                            leftovers, DeliveryError("shutdown", "the shutdown deadline passed"), tried
                         )
             if self._spool is not None:
                 self._spool.close()

@@ -39,6 +39,10 @@ class Outcome:
     def status(self) -> int | None:
         return None if self.response is None else self.response.status
 
+    @property
+    def tried(self) -> tuple[int, int | None]:
+        return self.attempts, self.status
+
 
 def api_error(response: Response) -> APIError:
     return APIError(response.error_message(), status=response.status, body=response.body)
@@ -53,6 +57,7 @@ def deliver(
     abort: threading.Event,
     deadline: float | None = None,
     on_retry: Callable[[], None] | None = None,
+    on_attempt: Callable[[], None] | None = None,
 ) -> Outcome:
     """Send ``request`` until it succeeds, fails for good, runs out of retries or is aborted.
 
@@ -68,6 +73,8 @@ def deliver(
             return Outcome(Result.EXHAUSTED, attempts - 1, error=TransportError("deadline passed"))
         retry_after = None
         response: Response | None = None
+        if on_attempt is not None:
+            on_attempt()
         try:
             response = transport.send(request, attempt_timeout)
         except TransportError as exc:

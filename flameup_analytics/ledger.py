@@ -44,6 +44,9 @@ class MessageOutcome:
 
 
 OutcomeCallback = Callable[[MessageOutcome], object]
+#: What was attempted for one message: (requests made, last HTTP status or None).
+Tried = tuple[int, "int | None"]
+NOT_TRIED: Tried = (0, None)
 
 #: Warnings about lost messages are repeated at most this often, so a long outage can't flood logs.
 WARNING_INTERVAL = 60.0
@@ -123,11 +126,6 @@ class Ledger:
         with self._lock:
             self.replayed += count
 
-    def count_left_in_spool(self, count: int) -> None:
-        """Replayed messages abandoned at shutdown: still in their segment, so spooled again."""
-        with self._lock:
-            self.spooled += count
-
     def count_internal_error(self) -> None:
         with self._lock:
             self.internal_errors += 1
@@ -138,16 +136,16 @@ class Ledger:
         if result is Result.DELIVERED:
             with self._lock:
                 self.delivered += 1
-            self._announce([message], "delivered", outcome, None)
+            self._announce([message], "delivered", [outcome.tried], None)
         elif result is Result.REJECTED:
             assert outcome.error is not None
             with self._lock:
                 self.rejected += 1
             logger.debug("a message was rejected by the API: %s", outcome.error)
-            self._announce([message], "rejected", outcome, outcome.error)
+            self._announce([message], "rejected", [outcome.tried], outcome.error)
             self.report(outcome.error, [message])
         else:
-            self.hand_on([message], self.undelivered_error(outcome), outcome)
+            self.hand_on([message], self.undelivered_error(outcome), [outcome.tried])
 
     def undelivered_error(self, outcome: Outcome) -> DeliveryError:
         if outcome.result is Result.UNAUTHORIZED:
@@ -166,10 +164,11 @@ class Ledger:
             "retries_exhausted", f"not delivered after {outcome.attempts} attempt(s)", outcome.error
         )
 
-    def hand_on(
-        self, messages: Sequence[Queued], error: FlameupError, outcome: Outcome | None = None
-    ) -> None:
-        """Spool what the spool takes; drop (count, warn, report) the rest."""
+    def hand_on(self, messages: Sequence[Queued], error: FlameupError, tried: Sequence[Tried] = ()) -> None:
+        """Spool what the spool takes; drop (count, warn, report) the rest.
+
+        ``tried`` says, message by message from the first, what was attempted for it this time;
+        the messages it does not reach were not attempted."""
         try:
             kept = self._spool.store(messages)
         except Exception:
@@ -191,23 +190,28 @@ class Ledger:
                 len(lost),
                 error,
             )
-        self._announce(messages[:kept], "spooled", outcome, error)
-        self._announce(lost, "dropped", outcome, error)
+        self._announce(messages[:kept], "spooled", tried[:kept], error)
+        self._announce(lost, "dropped", tried[kept:], error)
         if lost:
             self.report(error, lost)
+
+    def left_in_spool(self, messages: Sequence[Queued], tried: Sequence[Tried] = ()) -> None:
+        """Replayed messages abandoned at shutdown: still in their segment, so spooled again."""
+        with self._lock:
+            self.spooled += len(messages)
+        self._announce(messages, "spooled", tried, DeliveryError("shutdown", "the shutdown deadline passed"))
 
     def _announce(
         self,
         messages: Sequence[Queued],
         result: OutcomeResult,
-        outcome: Outcome | None,
+        tried: Sequence[Tried],
         error: FlameupError | None,
     ) -> None:
         if self._on_outcome is None or not messages:
             return
-        status = None if outcome is None else outcome.status
-        attempts = 0 if outcome is None else outcome.attempts
-        for message in messages:
+        for index, message in enumerate(messages):
+            attempts, status = tried[index] if index < len(tried) else NOT_TRIED
             try:
                 self._on_outcome(MessageOutcome(public(message), result, status, attempts, error))
             except Exception:

@@ -129,20 +129,22 @@ def _decode_at(data: bytes, offset: int) -> Record | None:
 # --- where the spool lives --------------------------------------------------------------------
 
 
-def default_directory(host: str, workspace_id: str | None) -> Path:
-    """``$XDG_CACHE_HOME`` (or ``~/.cache``)/flameup-analytics/<hash of host and workspace>,
-    or the same under the system temp directory where home is not writable (AWS Lambda)."""
+def default_directories(host: str, workspace_id: str | None) -> tuple[Path, Path]:
+    """Where a client's spool goes by default, in order of preference: ``$XDG_CACHE_HOME`` (or
+    ``~/.cache``)/flameup-analytics/<hash of host and workspace>, then the same under the system
+    temp directory, for where home is not writable (AWS Lambda). Nothing is created here."""
     digest = hashlib.sha256(f"{host}\n{workspace_id or ''}".encode()).hexdigest()[:12]
     cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    for base in (cache, tempfile.gettempdir()):
-        candidate = Path(base) / "flameup-analytics" / digest
-        try:
-            candidate.mkdir(parents=True, exist_ok=True)
-        except OSError:
-            continue
-        if os.access(candidate, os.W_OK):
-            return candidate
-    return Path(tempfile.gettempdir()) / "flameup-analytics" / digest
+    return (
+        Path(cache) / "flameup-analytics" / digest,
+        Path(tempfile.gettempdir()) / "flameup-analytics" / digest,
+    )
+
+
+def default_directory(host: str, workspace_id: str | None) -> Path:
+    """The default spool directory as it is now: the first of them that exists."""
+    candidates = default_directories(host, workspace_id)
+    return next((candidate for candidate in candidates if candidate.is_dir()), candidates[0])
 
 
 # --- the spool --------------------------------------------------------------------------------
@@ -154,11 +156,16 @@ class DiskSpool:
 
     def __init__(
         self,
-        directory: Path,
+        directory: str | os.PathLike[str] | Sequence[Path],
         max_bytes: int = DEFAULT_MAX_BYTES,
         segment_bytes: int = DEFAULT_SEGMENT_BYTES,
     ) -> None:
-        self.directory = Path(directory)
+        # Several candidates: the first that exists or can be made is used. Nothing is made
+        # until something is written, so a client that never spools leaves no trace on disk.
+        self._candidates = (
+            [Path(directory)] if isinstance(directory, (str, os.PathLike)) else [Path(d) for d in directory]
+        )
+        self._directory: Path | None = None
         self.max_bytes = max_bytes
         self.segment_bytes = segment_bytes
         self._lock = threading.Lock()
@@ -232,11 +239,31 @@ class DiskSpool:
         if self._written >= self.segment_bytes:
             self._seal()
 
+    @property
+    def directory(self) -> Path:
+        """Where the spool is: the directory in use, else the first candidate that exists."""
+        if self._directory is not None:
+            return self._directory
+        return next((candidate for candidate in self._candidates if candidate.is_dir()), self._candidates[0])
+
+    def _make_directory(self) -> Path:
+        error: OSError | None = None
+        for candidate in [self._directory] if self._directory else self._candidates:
+            try:
+                candidate.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                error = exc
+                continue
+            self._directory = candidate
+            return candidate
+        assert error is not None
+        raise error
+
     def _open_segment(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
+        directory = self._make_directory()
         self._segment_number += 1
         name = f"{time.time_ns():020d}-{self._writer_token}-{self._segment_number:06d}{SEGMENT_SUFFIX}"
-        final = self.directory / name
+        final = directory / name
         temporary = final.with_name(name + ".new")
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         try:
@@ -290,7 +317,7 @@ class DiskSpool:
 
     def _measure(self) -> int:
         total = 0
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):  # no directory (yet): nothing in it
             for entry in os.scandir(self.directory):
                 if entry.name.endswith(SEGMENT_SUFFIX):
                     with contextlib.suppress(FileNotFoundError):
@@ -311,7 +338,7 @@ class DiskSpool:
             names = sorted(
                 entry.name for entry in os.scandir(self.directory) if entry.name.endswith(SEGMENT_SUFFIX)
             )
-        except FileNotFoundError:
+        except OSError:  # no directory (yet), or not one: nothing to replay
             return []
         return [self.directory / name for name in names]
 

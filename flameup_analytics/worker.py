@@ -20,14 +20,14 @@ from queue import SimpleQueue
 
 from .delivery import Outcome, Result
 from .errors import DeliveryError, FlameupError
-from .ledger import Ledger
+from .ledger import NOT_TRIED, Ledger, Tried
 from .message import USER_ID, Queued
 from .queue import MessageQueue
 from .spool import DiskSpool, SegmentReader
 
 logger = logging.getLogger("flameup_analytics")
 
-DeliverFn = Callable[[Queued, threading.Event], Outcome]
+DeliverFn = Callable[[Queued, threading.Event, Callable[[], None]], Outcome]
 
 
 class _SenderPool:
@@ -116,6 +116,8 @@ class Worker:
         self._pending: dict[int, Queued] = {}
         #: What each waiting flush() waits for: the low water mark it needs.
         self._flush_targets: list[int] = []
+        #: Requests made so far for each message in flight, for on_outcome if shutdown takes it.
+        self._attempts: dict[int, int] = {}
         #: Pending messages whose outcome is being counted right now.
         self._claimed: set[int] = set()
         #: Guards ``_pending`` together with the queue's take count; flush() waits on it.
@@ -151,8 +153,9 @@ class Worker:
         self._thread.join(max(0.0, timeout))
         return not self._thread.is_alive()
 
-    def take_unsettled(self) -> list[Queued]:
-        """Interrupt delivery and take back every message not yet settled, oldest first.
+    def take_unsettled(self) -> tuple[list[Queued], list[Tried]]:
+        """Interrupt delivery and take back every message not yet settled, oldest first, with
+        what was attempted for each.
 
         A request already in flight may still succeed; its message is then both delivered and
         handed on, which the idempotency key makes harmless.
@@ -161,14 +164,18 @@ class Worker:
         self._queue.wakeup.set()
         with self._settled:
             seqs = sorted(seq for seq in self._pending if seq not in self._claimed)
-            unsettled = [self._pending.pop(seq) for seq in seqs if seq >= 0]
-            unsettled += self._queue.take_all()
+            live = [seq for seq in seqs if seq >= 0]
             # Replayed messages are not handed on again: they are still in their segment, which
             # was not acked, so the next replay (here or in another process) sends them.
-            abandoned = [self._pending.pop(seq) for seq in seqs if seq < 0]
-            self._ledger.count_left_in_spool(len(abandoned))
+            replayed = [seq for seq in seqs if seq < 0]
+            unsettled = [self._pending.pop(seq) for seq in live]
+            tried: list[Tried] = [(self._attempts.get(seq, 0), None) for seq in live]
+            abandoned = [self._pending.pop(seq) for seq in replayed]
+            abandoned_tried: list[Tried] = [(self._attempts.get(seq, 0), None) for seq in replayed]
+            unsettled += self._queue.take_all()
             self._settled.notify_all()
-        return unsettled
+        self._ledger.left_in_spool(abandoned, abandoned_tried)
+        return unsettled, tried
 
     # --- flush -------------------------------------------------------------------------------
 
@@ -322,13 +329,16 @@ class Worker:
         for index, (seq, message) in enumerate(chain):
             if self.abort.is_set():
                 return False
+            self._attempts[seq] = 0
             try:
-                outcome = self._deliver(message, self.abort)
+                outcome = self._deliver(message, self.abort, functools.partial(self._count_attempt, seq))
             except Exception as exc:
                 # A bug (say, in a custom transport) must not leave the message unsettled forever.
                 logger.exception("unexpected error while delivering; the message is handed on")
                 self._ledger.count_internal_error()
                 outcome = Outcome(Result.EXHAUSTED, 1, error=FlameupError(f"internal error: {exc!r}"))
+            finally:
+                self._attempts.pop(seq, None)
             if outcome.result in (Result.DELIVERED, Result.REJECTED):
                 self._last_success = time.monotonic()
                 with self._settling([seq]) as claimed:
@@ -339,9 +349,15 @@ class Worker:
             with self._settling([s for s, _ in chain[index:]]) as claimed:
                 if claimed:
                     error: DeliveryError = self._ledger.undelivered_error(outcome)
-                    self._ledger.hand_on([m for s, m in chain[index:] if s in claimed], error, outcome)
+                    rest = [(s, m) for s, m in chain[index:] if s in claimed]
+                    # Only this one was tried: those behind it were handed on untried.
+                    tried = [outcome.tried if s == seq else NOT_TRIED for s, _ in rest]
+                    self._ledger.hand_on([m for _, m in rest], error, tried)
             return False
         return True
+
+    def _count_attempt(self, seq: int) -> None:
+        self._attempts[seq] = self._attempts.get(seq, 0) + 1
 
     @contextlib.contextmanager
     def _settling(self, seqs: list[int]) -> Iterator[set[int]]:

@@ -329,8 +329,13 @@ def test_sync_mode_retries_within_timeout(server: LocalServer, make_client: Clie
 def test_disabled_validates_and_sends_nothing(server: LocalServer) -> None:
     client = fa.Client(disabled=True, host=server.url)
     client.track("user_1", "clicked")
+    client.identify("user_1", {"plan": "pro"})  # no workspace needed: nothing is sent
+    assert client.send_transactional("user_1", "welcome", "email") == {}
+    assert client.get_person("user_1") is None
     with pytest.raises(fa.ValidationError):
         client.track("", "clicked")
+    with pytest.raises(fa.ValidationError):
+        client.send_transactional("user_1", "welcome", "fax")
     assert client.flush(timeout=1)
     client.shutdown()
     assert server.requests == []

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import pytest
 
 import flameup_analytics as fa
 from flameup_analytics.message import Message
-from flameup_analytics.spool import DiskSpool, summarize
+from flameup_analytics.spool import DiskSpool, default_directories, summarize
 from flameup_analytics.testing import Fault, LocalServer
 
 from .conftest import API_KEY, WORKSPACE, ClientFactory
@@ -242,8 +243,28 @@ def test_spool_dir_false_turns_the_spool_off(make_client: ClientFactory, tmp_pat
 
 def test_the_default_directory_is_under_the_user_cache(make_client: ClientFactory, tmp_path: Path) -> None:
     client = make_client()
+    client.track("user_1", "delivered")
+    assert client.flush(timeout=5)
+    assert not (tmp_path / "cache").exists()  # nothing is made on disk until something is spooled
     client.shutdown()
     client.track("user_1", "clicked")  # after shutdown: straight to the spool
     (directory,) = (tmp_path / "cache" / "flameup-analytics").iterdir()
     assert len(directory.name) == 12
     assert summarize(directory).messages == 1
+
+
+def test_where_home_is_not_writable_the_spool_falls_back_to_the_temp_directory(
+    make_client: ClientFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    read_only_home = tmp_path / "home-is-a-file"
+    read_only_home.write_text("as on AWS Lambda, the cache directory cannot be made")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(read_only_home / "cache"))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    client = make_client()
+    client.shutdown()
+    client.track("user_1", "clicked")
+    assert client.stats().spooled == 1
+    (directory,) = (tmp_path / "tmp" / "flameup-analytics").iterdir()
+    assert summarize(directory).messages == 1
+    # The next process finds it there, though the cache directory still cannot be made.
+    assert DiskSpool(default_directories(client.host, client.workspace_id)).directory == directory
