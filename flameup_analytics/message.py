@@ -104,10 +104,19 @@ def now_timestamp() -> str:
 
 
 def format_datetime(value: dt.datetime) -> str:
-    """ISO 8601 UTC with milliseconds and ``Z``; a naive datetime is taken to be UTC already."""
+    """ISO 8601 UTC with milliseconds and ``Z``; a naive datetime is taken to be UTC already.
+
+    Raises ValueError for an aware datetime whose UTC time falls outside the years 1-9999."""
     if value.tzinfo is not None:
-        value = value.astimezone(dt.timezone.utc)
-    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+        try:
+            value = value.astimezone(dt.timezone.utc)
+        except OverflowError:
+            raise ValueError(f"{value.isoformat()} is outside the years 1-9999 in UTC") from None
+    # Formatted by hand: strftime("%Y") does not pad years before 1000 on every platform.
+    return (
+        f"{value.year:04d}-{value.month:02d}-{value.day:02d}T"
+        f"{value.hour:02d}:{value.minute:02d}:{value.second:02d}.{value.microsecond // 1000:03d}Z"
+    )
 
 
 # --- JSON ------------------------------------------------------------------------------------
@@ -274,7 +283,10 @@ def track_body(
     if timestamp is None:
         stamp = now_timestamp()
     elif isinstance(timestamp, dt.datetime):
-        stamp = format_datetime(timestamp)
+        try:
+            stamp = format_datetime(timestamp)
+        except ValueError as exc:
+            raise ValidationError(f"timestamp {exc}", argument="timestamp") from None
     else:
         raise ValidationError(
             f"timestamp must be a datetime.datetime, not {type(timestamp).__name__}", argument="timestamp"

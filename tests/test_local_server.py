@@ -5,17 +5,20 @@ from __future__ import annotations
 import http.client
 import json
 import re
+import sys
 import time
 import uuid
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 
-from flameup_analytics.testing import Fault, LocalServer, RequestKind
+from flameup_analytics.testing import Fault, LocalServer, ReceivedRequest, RequestKind
+from flameup_analytics.testing import server as server_module
 
 KEY = "test_key"
 WS = "ws_test"
@@ -322,31 +325,48 @@ def _track(**changes: object) -> dict[str, object]:
     return body
 
 
+# The messages are openapi-core's (via jsonschema): each names the key at fault.
 BAD_BODIES: list[tuple[str, bytes, str]] = [
-    (TRACK, b"not json", "must be a JSON object"),
-    (TRACK, b"", "must be a JSON object"),
-    (TRACK, b"[1, 2]", "must be a JSON object"),
-    (TRACK, b"\xff\xfe{}", "must be a JSON object"),
-    (TRACK, b'{"external_id": "u", "event": "e", "parameters": {"x": NaN}}', "must be a JSON object"),
-    (TRACK, json.dumps({"event": "e"}).encode(), "missing required key 'external_id'"),
-    (TRACK, json.dumps(_track(extra=1)).encode(), "undocumented key 'extra'"),
-    (TRACK, json.dumps(_track(event="")).encode(), "'event' must be a non-empty string"),
-    (TRACK, json.dumps(_track(external_id=7)).encode(), "'external_id' must be a non-empty string"),
-    (TRACK, json.dumps(_track(parameters=[1])).encode(), "'parameters' must be a JSON object"),
-    (PEOPLE, json.dumps({"userId": "u", "email": "j@example.com"}).encode(), "undocumented key 'email'"),
-    (PEOPLE, json.dumps({"userId": "u", "traits": None}).encode(), "'traits' must be a JSON object"),
-    (PEOPLE, json.dumps({"traits": {}}).encode(), "missing required key 'userId'"),
-    (SEND, json.dumps({**SEND_BODY, "channel": "fax"}).encode(), "'channel' must be one of email, sms, push"),
-    (SEND, json.dumps({**SEND_BODY, "variables": "x"}).encode(), "'variables' must be a JSON object"),
-    (SEND, json.dumps({"user_id": "u", "channel": "sms"}).encode(), "missing required key 'template_id'"),
+    (TRACK, b"not json", "invalid request body: not valid JSON"),
+    (TRACK, b"", "the request body is missing: it must be a JSON object"),
+    (TRACK, b"[1, 2]", "[1, 2] is not of type 'object'"),
+    (TRACK, b"\xff\xfe{}", "not valid JSON ('utf-8' codec can't decode"),
+    (TRACK, b'{"external_id": "u", "event": "e", "parameters": {"x": NaN}}', "NaN is not valid JSON"),
+    (TRACK, b'{"external_id": "u", "event": "e"} {}', "not valid JSON (Extra data"),
+    (TRACK, json.dumps({"event": "e"}).encode(), "'external_id' is a required property"),
+    (
+        TRACK,
+        json.dumps(_track(extra=1)).encode(),
+        "Additional properties are not allowed ('extra' was unexpected)",
+    ),
+    (TRACK, json.dumps(_track(event="")).encode(), "$.event: '' should be non-empty"),
+    (TRACK, json.dumps(_track(external_id=7)).encode(), "$.external_id: 7 is not of type 'string'"),
+    (TRACK, json.dumps(_track(parameters=[1])).encode(), "$.parameters: [1] is not of type 'object'"),
+    (
+        PEOPLE,
+        json.dumps({"userId": "u", "email": "j@example.com"}).encode(),
+        "Additional properties are not allowed ('email' was unexpected)",
+    ),
+    (PEOPLE, json.dumps({"userId": "u", "traits": None}).encode(), "$.traits: None is not of type 'object'"),
+    (PEOPLE, json.dumps({"traits": {}}).encode(), "'userId' is a required property"),
+    (
+        SEND,
+        json.dumps({**SEND_BODY, "channel": "fax"}).encode(),
+        "$.channel: 'fax' is not one of ['email', 'sms', 'push']",
+    ),
+    (SEND, json.dumps({**SEND_BODY, "variables": "x"}).encode(), "$.variables: 'x' is not of type 'object'"),
+    (SEND, json.dumps({"user_id": "u", "channel": "sms"}).encode(), "'template_id' is a required property"),
 ] + [
-    (TRACK, json.dumps(_track(timestamp=stamp)).encode(), "'timestamp' must be an ISO 8601 UTC timestamp")
+    (TRACK, json.dumps(_track(timestamp=stamp)).encode(), "invalid request body: $.timestamp: ")
     for stamp in [
         "2026-11-26T03:20:20.123",
         "2026-11-26T03:20:20+00:00",
         "2026-11-26 03:20:20Z",
+        "2026-11-26t03:20:20z",
         "2026-13-26T03:20:20Z",
         "2026-02-30T03:20:20Z",
+        "2026-11-26T24:00:00Z",
+        "2026-11-26T03:20:60Z",
         "2026-11-26T03:20:20.1234567Z",
         "2026-11-26T03:20:20.Z",
         1764127220,
@@ -716,3 +736,126 @@ def test_concurrent_clients_are_all_recorded(server: LocalServer) -> None:
     assert server.wait_for(100, 1.0, kind="track")
     keys = {r.idempotency_key for r in server.tracks()}
     assert keys == {f"{w}-{n}" for w in range(4) for n in range(25)}
+
+
+# --- validation switch, on_request, error, host ---
+
+
+def test_rejections_record_the_error_they_answered(server: LocalServer) -> None:
+    call(server, "POST", TRACK, _track(extra=1))
+    call(server, "POST", TRACK, TRACK_BODY)
+
+    rejected, accepted = server.requests
+    assert rejected.error is not None
+    assert "'extra' was unexpected" in rejected.error
+    assert accepted.error is None
+
+
+@pytest.mark.parametrize(
+    ("headers", "message"),
+    [
+        ({"Idempotency-Key": ""}, "invalid header parameter 'Idempotency-Key'"),
+        ({"Idempotency-Key": "k-1"}, None),
+    ],
+)
+def test_the_idempotency_key_header_is_validated_too(
+    server: LocalServer, headers: dict[str, str], message: str | None
+) -> None:
+    response = call(server, "POST", TRACK, TRACK_BODY, headers={**JSON_HEADERS, **headers})
+
+    if message is None:
+        assert response.status == 200
+    else:
+        assert response.status == 400
+        assert message in response.error
+
+
+def test_without_validation_documented_rules_are_not_enforced() -> None:
+    with LocalServer(api_key=KEY, workspace_id=WS, validate=False) as server:
+        assert not server.validates
+        extra = call(server, "POST", TRACK, _track(extra=1, timestamp="yesterday"))
+        # The server still needs a userId to store a person, and says so rather than fail.
+        unusable = call(server, "POST", PEOPLE, {"traits": {"a": 1}})
+        usable = call(server, "POST", PEOPLE, {"userId": "u1", "undocumented": True})
+        search = call(server, "GET", SEARCH, headers=AUTH)
+        unauthorized = call(server, "POST", TRACK, TRACK_BODY, headers={"Content-Type": "application/json"})
+
+    assert extra.status == 200
+    assert unusable.status == 400
+    assert usable.status == 200
+    assert search.json == {"people": []}
+    assert unauthorized.status == 401
+    assert server.people == {"u1": {}}
+
+
+def test_a_missing_validator_package_is_named_at_construction(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(server_module._Spec, "_loaded", None)
+    monkeypatch.setitem(sys.modules, "openapi_core", None)  # makes `import openapi_core` fail
+
+    with pytest.raises(ImportError, match=r"flameup-analytics\[testing\]"):
+        LocalServer()
+    LocalServer(validate=False)  # needs nothing more
+
+
+def test_the_validated_description_is_the_one_shipped_and_in_docs() -> None:
+    docs_copy = Path(__file__).parents[1] / "docs" / "openapi.yaml"
+
+    assert server_module.SPEC_PATH.name == "openapi.yaml"
+    assert docs_copy.is_symlink()
+    assert docs_copy.resolve() == server_module.SPEC_PATH.resolve()
+
+
+def test_on_request_sees_each_request_once_recorded_before_the_answer(server: LocalServer) -> None:
+    seen: list[tuple[ReceivedRequest, int]] = []
+    server.on_request = lambda request: seen.append((request, len(server.requests)))
+
+    call(server, "POST", TRACK, TRACK_BODY, headers={**JSON_HEADERS, "Idempotency-Key": "k-1"})
+    # The hook has run by the time the client has its answer.
+    call(server, "POST", TRACK, {"event": "e"})
+
+    assert [(request.status, count) for request, count in seen] == [(200, 1), (400, 2)]
+    assert [request for request, _ in seen] == server.requests
+    assert seen[0][0].idempotency_key == "k-1"
+
+
+def test_on_request_also_sees_faulted_requests(server: LocalServer) -> None:
+    seen: list[int] = []
+    server.on_request = lambda request: seen.append(request.status)
+    server.add_fault(Fault(action="drop"))
+
+    with pytest.raises(ConnectionError):
+        call(server, "POST", TRACK, TRACK_BODY)
+    call(server, "POST", TRACK, TRACK_BODY)
+
+    assert seen == [0, 200]
+
+
+def test_an_exception_in_on_request_is_logged_and_the_server_carries_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def explode(request: ReceivedRequest) -> None:
+        raise RuntimeError("hook bug")
+
+    with LocalServer(api_key=KEY, workspace_id=WS, on_request=explode) as server:
+        statuses = [call(server, "POST", TRACK, TRACK_BODY).status for _ in range(2)]
+
+    assert statuses == [200, 200]
+    assert len(server.tracks()) == 2
+    failures = [record for record in caplog.records if record.exc_info is not None]
+    assert len(failures) == 2
+    assert "on_request" in failures[0].getMessage()
+
+
+def test_host_names_the_address_to_listen_on() -> None:
+    with LocalServer(api_key=KEY, workspace_id=WS, host="localhost") as server:
+        assert re.fullmatch(r"http://localhost:\d+", server.url)
+        assert call(server, "POST", TRACK, TRACK_BODY).status == 200
+
+
+def test_a_port_in_use_raises_on_start_and_leaves_nothing_open() -> None:
+    with LocalServer() as first:
+        port = int(first.url.rsplit(":", 1)[1])
+        second = LocalServer(port=port, validate=False)
+        with pytest.raises(OSError):
+            second.start()
+        second.stop()  # nothing to stop

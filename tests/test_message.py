@@ -57,6 +57,17 @@ def test_timestamp_argument_naive_means_utc_and_aware_is_converted() -> None:
     assert track(timestamp=aware)["timestamp"] == "2026-01-02T03:04:05.678Z"
 
 
+def test_early_years_are_padded_and_out_of_range_utc_times_are_refused() -> None:
+    assert track(timestamp=dt.datetime(999, 1, 2, 3, 4, 5))["timestamp"] == "0999-01-02T03:04:05.000Z"
+    plus_one = dt.timezone(dt.timedelta(hours=1))
+    with pytest.raises(fa.ValidationError, match="outside the years 1-9999") as info:
+        track(timestamp=dt.datetime(1, 1, 1, tzinfo=plus_one))
+    assert info.value.argument == "timestamp"
+    with pytest.raises(fa.ValidationError, match="not JSON-serializable") as nested:
+        track({"when": dt.datetime(1, 1, 1, tzinfo=plus_one)})
+    assert nested.value.path == "parameters['when']"
+
+
 def test_timestamp_must_be_a_datetime() -> None:
     with pytest.raises(fa.ValidationError, match="timestamp must be a datetime") as info:
         track(timestamp="2026-01-01")

@@ -3,6 +3,10 @@
 It speaks real HTTP/1.1 on 127.0.0.1, so the SDK's tests, benchmarks and demo go
 through the same sockets, keep-alive and status handling as in production, and it
 can inject failures (error statuses, hung requests, dropped connections) on demand.
+
+Requests are validated against ``openapi.yaml`` beside this file (also
+``docs/openapi.yaml``) with openapi-core, so the server accepts exactly what that
+description documents; ``LocalServer(validate=False)`` skips it.
 """
 
 from __future__ import annotations
@@ -10,6 +14,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import logging
+import os
 import re
 import selectors
 import socket
@@ -21,25 +27,36 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, NamedTuple, get_args
-from urllib.parse import parse_qsl, unquote, urlsplit
+from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple, get_args
+from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit
+
+if TYPE_CHECKING:
+    from openapi_core import OpenAPI
+    from openapi_core.datatypes import RequestParameters
 
 RequestKind = Literal["track", "identify", "transactional", "get_person"]
 FaultAction = Literal["respond", "hang", "drop"]
 
+#: The OpenAPI description the server validates requests against.
+SPEC_PATH: Final = Path(__file__).with_name("openapi.yaml")
+
 _KINDS: frozenset[str] = frozenset(get_args(RequestKind))
 _ACTIONS: frozenset[str] = frozenset(get_args(FaultAction))
-_CHANNELS: frozenset[str] = frozenset({"email", "sms", "push"})
 
-_HOST = "127.0.0.1"
+_DEFAULT_HOST = "127.0.0.1"
+# The server stands in for the documented API, so requests are checked as if they
+# had been addressed to its documented base, whatever address the server listens on.
+_API_ORIGIN = "https://api.flameup.ai"
 # Bodies beyond this are refused unread: the SDK caps messages far below it, and
 # reading a hostile Content-Length would allocate that much memory up front.
 _MAX_BODY = 16 * 1024 * 1024
 _MAX_LINE = 65536
+# Validator messages quote the offending value, which can be as large as the body.
+_MAX_REASON = 1000
 
 _TRACK_PATH = "/api/v1/track"
 _WORKSPACE_PREFIX = "/api/v1/workspaces/"
@@ -55,11 +72,9 @@ _METHODS: dict[RequestKind, str] = {
     "get_person": "GET",
 }
 _REASONS: dict[int, str] = {status.value: status.phrase for status in HTTPStatus}
-_TIMESTAMP = re.compile(
-    r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})"
-    r"(?:\.[0-9]{1,6})?Z"
-)
 _CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +83,8 @@ class ReceivedRequest:
 
     ``status`` is 0 when a fault hung or dropped the request. ``kind`` names the
     endpoint the path addresses (even if the request was then rejected), or is
-    None when the path matches no endpoint.
+    None when the path matches no endpoint. ``error`` is the message of an error
+    answer (``{"error": {"message": ...}}``), None for a 2xx or no answer.
     """
 
     method: str
@@ -81,6 +97,7 @@ class ReceivedRequest:
     kind: RequestKind | None
     idempotency_key: str | None
     received_at: float
+    error: str | None = None
 
     @property
     def accepted(self) -> bool:
@@ -129,6 +146,7 @@ class _Reply(NamedTuple):
     headers: tuple[tuple[str, str], ...] = ()
     # Set for a hung request: the event that ends the hang.
     release: threading.Event | None = None
+    error: str | None = None
 
 
 class _FramingError(Exception):
@@ -144,85 +162,11 @@ def _ok(document: object) -> _Reply:
 
 
 def _error(status: int, message: str, *headers: tuple[str, str]) -> _Reply:
-    return _Reply(status, json.dumps({"error": {"message": message}}).encode(), headers)
+    payload = json.dumps({"error": {"message": message}}).encode()
+    return _Reply(status, payload, headers, error=message)
 
 
 _TRACK_OK = _ok({"success": True})
-
-
-def _is_nonempty_str(value: object) -> bool:
-    return isinstance(value, str) and value != ""
-
-
-def _is_object(value: object) -> bool:
-    return isinstance(value, dict)
-
-
-def _is_channel(value: object) -> bool:
-    return isinstance(value, str) and value in _CHANNELS
-
-
-def _is_utc_timestamp(value: object) -> bool:
-    if not isinstance(value, str):
-        return False
-    match = _TIMESTAMP.fullmatch(value)
-    if match is None:
-        return False
-    # The pattern alone lets impossible dates such as month 13 through.
-    year, month, day, hour, minute, second = map(int, match.groups())
-    try:
-        datetime(year, month, day, hour, minute, second)
-    except ValueError:
-        return False
-    return True
-
-
-class _Field(NamedTuple):
-    required: bool
-    check: Callable[[object], bool]
-    expected: str
-
-
-_STRING = "a non-empty string"
-_OBJECT = "a JSON object"
-_SCHEMAS: dict[RequestKind, dict[str, _Field]] = {
-    "track": {
-        "external_id": _Field(True, _is_nonempty_str, _STRING),
-        "event": _Field(True, _is_nonempty_str, _STRING),
-        "parameters": _Field(False, _is_object, _OBJECT),
-        "timestamp": _Field(
-            False,
-            _is_utc_timestamp,
-            "an ISO 8601 UTC timestamp ending in Z, e.g. 2026-11-26T03:20:20.123Z",
-        ),
-    },
-    "identify": {
-        "userId": _Field(True, _is_nonempty_str, _STRING),
-        "traits": _Field(False, _is_object, _OBJECT),
-    },
-    "transactional": {
-        "user_id": _Field(True, _is_nonempty_str, _STRING),
-        "template_id": _Field(True, _is_nonempty_str, _STRING),
-        "channel": _Field(True, _is_channel, "one of email, sms, push"),
-        "variables": _Field(False, _is_object, _OBJECT),
-    },
-}
-
-
-def _body_problem(kind: RequestKind, document: object) -> str | None:
-    schema = _SCHEMAS[kind]
-    if not isinstance(document, dict):
-        return "the request body must be a JSON object"
-    for key in document:
-        if key not in schema:
-            return f"undocumented key {key!r}"
-    for key, spec in schema.items():
-        if key not in document:
-            if spec.required:
-                return f"missing required key {key!r}"
-        elif not spec.check(document[key]):
-            return f"{key!r} must be {spec.expected}"
-    return None
 
 
 def _reject_constant(name: str) -> object:
@@ -230,13 +174,172 @@ def _reject_constant(name: str) -> object:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _load_json(body: bytes, **parameters: str) -> Any:
+    """Strict JSON: UTF-8 only (json.loads would guess UTF-16/32) and no NaN/Infinity."""
+    try:
+        return json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
+    except RecursionError:
+        # openapi-core reports ValueErrors as an undecodable body; a RecursionError would escape it.
+        raise ValueError("nested too deeply") from None
+
+
 def _parse_json(body: bytes) -> Any:
     if not body:
         return None
     try:
-        return json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
-    except (ValueError, RecursionError):
+        return _load_json(body)
+    except ValueError:
         return None
+
+
+# --- validation against openapi.yaml ---------------------------------------------------------
+
+
+class _Spec:
+    """openapi-core over openapi.yaml: loaded once per process, shared by every server.
+
+    openapi-core is imported only here, on first use: it takes about half a second to
+    import, which code that merely imports this package should not pay.
+    """
+
+    _lock = threading.Lock()
+    _loaded: _Spec | None = None
+
+    def __init__(self) -> None:
+        try:
+            from openapi_core import Config, OpenAPI
+            from openapi_core.datatypes import RequestParameters
+            from werkzeug.datastructures import Headers, ImmutableMultiDict
+        except ImportError as exc:
+            raise ImportError(
+                "LocalServer validates requests against openapi.yaml with openapi-core: "
+                "pip install 'flameup-analytics[testing]', or pass validate=False"
+            ) from exc
+        config = Config(
+            # tests/test_openapi.py checks the file; checking it again costs every process 0.2 s.
+            spec_validator_cls=None,
+            extra_media_type_deserializers={"application/json": _load_json},
+        )
+        self.openapi: OpenAPI = OpenAPI.from_file_path(str(SPEC_PATH), config=config)
+        self._parameters = RequestParameters
+        self._headers = Headers
+        self._multidict = ImmutableMultiDict
+        # The validator's schema lookups share caches that were not written for
+        # concurrent use; validation is CPU-bound, so serializing it costs no throughput.
+        self._validate_lock = threading.Lock()
+
+    @classmethod
+    def get(cls) -> _Spec:
+        with cls._lock:
+            if cls._loaded is None:
+                cls._loaded = cls()
+            return cls._loaded
+
+    @classmethod
+    def _after_fork_in_child(cls) -> None:
+        # A lock held by another thread at fork() would stay locked forever in the child.
+        cls._lock = threading.Lock()
+        if cls._loaded is not None:
+            cls._loaded._validate_lock = threading.Lock()
+
+    def check(
+        self, method: str, path: str, query: str, headers: dict[str, str], body: bytes
+    ) -> _Reply | None:
+        """The error reply for a request that does not conform, else None."""
+        request = _SpecRequest(
+            method=method.lower(),
+            path=path,
+            body=body,
+            content_type=headers.get("content-type", "").lower(),
+            parameters=self._parameters(
+                query=self._multidict(parse_qsl(query, keep_blank_values=True)),
+                header=self._headers(headers),
+            ),
+        )
+        with self._validate_lock:
+            error = next(iter(self.openapi.iter_request_errors(request)), None)
+        return None if error is None else _explain(error)
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows
+    os.register_at_fork(after_in_child=_Spec._after_fork_in_child)
+
+
+@dataclass(slots=True)
+class _SpecRequest:
+    """A request as openapi-core's Request protocol wants it."""
+
+    method: str
+    path: str
+    body: bytes
+    content_type: str
+    parameters: RequestParameters
+    host_url: str = _API_ORIGIN
+
+
+def _explain(error: Exception) -> _Reply:
+    """The reply to a request openapi-core refused: its reason, naming the field at fault."""
+    from openapi_core.deserializing.media_types.exceptions import MediaTypeDeserializeError
+    from openapi_core.templating.media_types.exceptions import MediaTypeNotFound
+    from openapi_core.templating.paths.exceptions import OperationNotFound, PathError
+    from openapi_core.validation.request.exceptions import (
+        MissingParameterError,
+        MissingRequestBodyError,
+        ParameterValidationError,
+        RequestBodyValidationError,
+        SecurityValidationError,
+    )
+
+    cause = error.__cause__
+    # The server routes, authenticates and checks the media type itself before asking
+    # the validator, so these first few only answer if the two ever disagree.
+    if isinstance(error, SecurityValidationError):
+        return _error(401, "missing or invalid API key", ("WWW-Authenticate", "Bearer"))
+    if isinstance(error, OperationNotFound):
+        return _error(405, f"not in the API description: {_text(error)}")
+    if isinstance(error, PathError):
+        return _error(404, f"not in the API description: {_text(error)}")
+    if isinstance(cause, MediaTypeNotFound):
+        return _error(415, f"Content-Type must be one of {', '.join(cause.availableMimetypes)}")
+    if isinstance(error, MissingRequestBodyError):
+        return _error(400, "the request body is missing: it must be a JSON object")
+    if isinstance(error, MissingParameterError):
+        return _error(400, f"missing required {error.location} parameter {error.name!r}")
+    if isinstance(error, ParameterValidationError):
+        subject = f"{error.location} parameter {error.name!r}"
+    elif isinstance(error, RequestBodyValidationError):
+        subject = "request body"
+    else:
+        return _error(400, _text(error))
+    schema_errors = getattr(cause, "schema_errors", None)
+    if schema_errors:
+        detail = "; ".join(_schema_error_text(schema_error) for schema_error in schema_errors)
+    elif isinstance(cause, MediaTypeDeserializeError):
+        # Its own text would decode the raw body, which fails for invalid UTF-8.
+        detail = f"not valid JSON ({_text(cause.__cause__ or cause.__context__)})"
+    else:
+        detail = _text(cause) if cause is not None else _text(error)
+    return _error(400, _shorten(f"invalid {subject}: {detail}"))
+
+
+def _schema_error_text(error: Any) -> str:  # a jsonschema ValidationError (untyped)
+    # jsonschema's message names the value; json_path names where it is ("$" is the whole document).
+    message = str(error.message)
+    path = str(error.json_path)
+    return message if path == "$" else f"{path}: {message}"
+
+
+def _text(error: BaseException | None) -> str:
+    if error is None:
+        return "unknown reason"
+    try:
+        return str(error) or type(error).__name__
+    except Exception:  # some validator errors fail to print themselves
+        return type(error).__name__
+
+
+def _shorten(message: str) -> str:
+    return message if len(message) <= _MAX_REASON else message[: _MAX_REASON - 1] + "…"
 
 
 def _is_json_content_type(value: str | None) -> bool:
@@ -378,10 +481,14 @@ class _Server(ThreadingHTTPServer):
     # drop SYNs, and clients then wait a full second before retrying.
     request_queue_size = 1024
 
-    def __init__(self, owner: LocalServer, port: int) -> None:
+    def __init__(self, owner: LocalServer, host: str, port: int) -> None:
         self.owner = owner
-        super().__init__((_HOST, port), _Handler)
+        self.host = host
+        if ":" in host:
+            self.address_family = socket.AF_INET6
+        # Made first: a failed bind calls server_close(), which closes these too.
         self._wake_reader, self._wake_writer = socket.socketpair()
+        super().__init__((host, port), _Handler)
 
     def serve_until_woken(self) -> None:
         """Accept connections, each served in its own thread, until ``wake()``.
@@ -419,7 +526,7 @@ class _Server(ThreadingHTTPServer):
         # HTTPServer.server_bind does a reverse DNS lookup (getfqdn), which can take
         # seconds on some machines, only to fill in server_name.
         socketserver.TCPServer.server_bind(self)
-        self.server_name = _HOST
+        self.server_name = self.host
         self.server_port = self.socket.getsockname()[1]
 
     def handle_error(
@@ -439,6 +546,15 @@ class LocalServer:
     option at ``url``. ``port=0`` picks a free ephemeral port. A server cannot be
     restarted once stopped; to bring the API "back up", create a new one on the
     same port.
+
+    With ``validate=True`` (the default) every authenticated request to an endpoint
+    is checked against ``openapi.yaml`` with openapi-core (the ``testing`` extra),
+    and one that does not conform is answered 400 with the validator's reason. That
+    costs about a millisecond per request: throughput benchmarks pass ``validate=False``.
+
+    ``on_request`` is called with each :class:`ReceivedRequest` once it is recorded,
+    before it is answered, in the thread serving it; what it raises is logged and
+    otherwise ignored.
     """
 
     def __init__(
@@ -447,12 +563,19 @@ class LocalServer:
         workspace_id: str = "ws_test",
         *,
         port: int = 0,
+        host: str = _DEFAULT_HOST,
         latency: float = 0.0,
+        validate: bool = True,
+        on_request: Callable[[ReceivedRequest], None] | None = None,
     ) -> None:
         # Read on every request, so changing them simulates key or workspace changes.
         self.api_key = api_key
         self.workspace_id = workspace_id
+        self._host = host
         self._port = port
+        # Loaded here so a missing openapi-core fails at construction, not in a handler thread.
+        self._spec = _Spec.get() if validate else None
+        self.on_request = on_request
         self._latency = 0.0
         self.latency = latency
         self._lock = threading.Lock()
@@ -486,7 +609,7 @@ class LocalServer:
         with self._lock:
             if self._server is not None:
                 raise RuntimeError("a LocalServer can only be started once")
-            server = self._server = _Server(self, self._port)
+            server = self._server = _Server(self, self._host, self._port)
         self._thread = threading.Thread(
             target=server.serve_until_woken,
             name=f"flameup-local-server-{server.server_port}",
@@ -520,7 +643,13 @@ class LocalServer:
         """The SDK's ``host`` value for this server, e.g. ``http://127.0.0.1:8123``."""
         if self._server is None:
             raise RuntimeError("the server has not been started")
-        return f"http://{_HOST}:{self._server.server_port}"
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        return f"http://{host}:{self._server.server_port}"
+
+    @property
+    def validates(self) -> bool:
+        """Whether requests are checked against openapi.yaml."""
+        return self._spec is not None
 
     @property
     def latency(self) -> float:
@@ -640,9 +769,7 @@ class LocalServer:
         kind, workspace = _route(split.path)
         document = _parse_json(body)
         # Validation is pure, so it runs outside the lock; a fault may override it.
-        verdict = framing_error or self._validate(
-            method, split.path, kind, workspace, headers, query, document
-        )
+        verdict = framing_error or self._validate(method, split, kind, workspace, headers, body)
         with self._lock:
             # A request whose body could not be read is not a complete request for a
             # fault to act on, and its connection must be closed regardless.
@@ -664,6 +791,7 @@ class LocalServer:
                 kind=kind,
                 idempotency_key=headers.get("idempotency-key"),
                 received_at=received_at,
+                error=reply.error,
             )
             self._requests.append(request)
             self._received_by_kind[kind] += 1
@@ -671,36 +799,44 @@ class LocalServer:
                 self._accepted.append(request)
                 self._accepted_by_kind[kind] += 1
             self._cond.notify_all()
+        callback = self.on_request
+        if callback is not None:
+            try:
+                callback(request)
+            except Exception:
+                _log.exception("LocalServer on_request callback failed")
         return reply
 
     def _validate(
         self,
         method: str,
-        path: str,
+        target: SplitResult,
         kind: RequestKind | None,
         workspace: str | None,
         headers: dict[str, str],
-        query: dict[str, str],
-        document: object,
+        body: bytes,
     ) -> _Reply | RequestKind:
-        """Return the error reply for an invalid request, else the endpoint to apply."""
+        """Return the error reply for an invalid request, else the endpoint to apply.
+
+        Key, route, method and media type are the server's to check, with the statuses
+        an HTTP API gives them; parameters and body are the API description's.
+        """
         if headers.get("authorization") != f"Bearer {self.api_key}":
             return _error(401, "missing or invalid API key", ("WWW-Authenticate", "Bearer"))
         if kind is None:
-            return _error(404, f"no endpoint at {path}")
+            return _error(404, f"no endpoint at {target.path}")
         if workspace is not None and workspace != self.workspace_id:
             return _error(404, f"unknown workspace {workspace!r}")
         allowed = _METHODS[kind]
         if method != allowed:
             return _error(405, f"use {allowed}, not {method}", ("Allow", allowed))
-        if kind == "get_person":
-            if "external_id" not in query:
-                return _error(400, "missing query parameter 'external_id'")
-            return kind
-        if not _is_json_content_type(headers.get("content-type")):
+        if method == "POST" and not _is_json_content_type(headers.get("content-type")):
             return _error(415, "Content-Type must be application/json")
-        problem = _body_problem(kind, document)
-        return kind if problem is None else _error(400, problem)
+        if self._spec is not None:
+            problem = self._spec.check(method, target.path, target.query, headers, body)
+            if problem is not None:
+                return problem
+        return kind
 
     def _take_fault(self, kind: RequestKind | None) -> Fault | None:
         for fault in self._faults:
@@ -726,11 +862,17 @@ class LocalServer:
         if kind == "transactional":
             return _ok({"id": uuid.uuid4().hex, "status": "queued"})
         if kind == "identify":
-            external_id = document["userId"]
+            # Unchecked when validation is off: then a body without a usable userId and traits
+            # is refused here rather than failing in the handler.
+            fields = document if isinstance(document, dict) else {}
+            external_id = fields.get("userId")
+            new_traits = fields.get("traits", {})
+            if not (isinstance(external_id, str) and isinstance(new_traits, dict)):
+                return _error(400, "not an identify body (and validation is off)")
             traits = self._people.setdefault(external_id, {})
-            traits.update(document.get("traits", {}))
+            traits.update(new_traits)
             return _ok({"person": {"external_id": external_id, "traits": traits}})
-        external_id = query["external_id"]
+        external_id = query.get("external_id", "")
         found = self._people.get(external_id)
         people = [] if found is None else [{"external_id": external_id, "traits": found}]
         return _ok({"people": people})
