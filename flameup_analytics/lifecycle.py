@@ -34,6 +34,7 @@ _warned_duplicates: set[tuple[str, str]] = set()
 
 def register(client: Client) -> None:
     _hook_multiprocessing()
+    _hook_celery()
     identity = (client.api_key, client.host)
     with _lock:
         duplicate = any((other.api_key, other.host) == identity for other in _clients)
@@ -103,6 +104,23 @@ def _hook_multiprocessing() -> None:
     _ensure_multiprocessing_exit_hook()
 
 
+# Celery's prefork children (billiard processes) end with os._exit() without even running
+# multiprocessing's finalizers; Celery announces each one's end with worker_process_shutdown.
+CELERY_HOOK_ID = "flameup_analytics.shutdown_all"
+
+
+def _hook_celery() -> None:
+    signals = sys.modules.get("celery.signals")
+    if signals is not None:
+        signals.worker_process_shutdown.connect(
+            _on_celery_process_shutdown, weak=False, dispatch_uid=CELERY_HOOK_ID
+        )
+
+
+def _on_celery_process_shutdown(**_: object) -> None:
+    shutdown_all()
+
+
 def _after_fork_in_child() -> None:
     # The parent's threads did not survive the fork, and any lock one of them held stays held
     # forever in the child: every lock, queue and thread is made anew, none is reused.
@@ -120,8 +138,10 @@ _installed: dict[int, Any] = {}
 
 
 def install_signal_handlers(signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT)) -> bool:
-    """Make SIGTERM and SIGINT run the bounded shutdown of every client, then whatever handled
-    the signal before (the default action: the process ends with that signal, as it would have).
+    """Make SIGTERM and SIGINT deliver what every client holds, within the deadline, before the
+    signal does what it did before: the handler the application installed (after a flush, since
+    the application may go on tracking while it stops), or the default action (after a shutdown:
+    the process ends with that signal, as it would have).
 
     Only the main thread can install signal handlers; elsewhere this logs a warning and returns
     False. Installing twice is harmless.
@@ -137,23 +157,41 @@ def install_signal_handlers(signals: tuple[signal.Signals, ...] = (signal.SIGTER
     return True
 
 
-def _on_signal(signum: int, frame: types.FrameType | None) -> None:
-    # The handler runs in the main thread between two bytecodes, possibly while that thread holds
-    # one of the SDK's locks: shutting down here could wait on it forever. A helper thread does
-    # the shutdown; the wait for it is bounded, so a stuck lock costs the deadline, not a hang.
+def flush_all() -> None:
+    """Flush every live client, within the longest of their ``shutdown_timeout``s in all."""
     clients = live_clients()
-    if clients:
-        helper = threading.Thread(target=shutdown_all, name="flameup-signal-shutdown", daemon=True)
-        helper.start()
-        helper.join(max(client.shutdown_timeout for client in clients) + 1.0)
+    if not clients:
+        return
+    deadline = time.monotonic() + max(client.shutdown_timeout for client in clients)
+    for client in clients:
+        client.flush(timeout=max(0.0, deadline - time.monotonic()))
+
+
+def _on_signal(signum: int, frame: types.FrameType | None) -> None:
     previous = _installed.get(signum, signal.SIG_DFL)
+    ending = previous == signal.SIG_DFL
+    _in_helper_thread(shutdown_all if ending else flush_all)
     if callable(previous):
         previous(signum, frame)
-    elif previous == signal.SIG_DFL:
-        # End the way the signal would have ended us, with its exit status.
+    elif ending:
+        if os.getpid() == 1:
+            # The kernel ignores a signal's default action for PID 1 (a container's init):
+            # re-raising it would leave the process running with its clients shut down.
+            raise SystemExit(128 + signum)
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
-    # SIG_IGN: the process had chosen to ignore it; having shut down, carry on as it wished.
+    # SIG_IGN: the process had chosen to ignore it; having flushed, carry on as it wished.
+
+
+def _in_helper_thread(work: Callable[[], None]) -> None:
+    # A signal handler runs in the main thread between two bytecodes, possibly while that thread
+    # holds one of the SDK's locks: waiting on it here could last forever. A helper thread does the
+    # work; the wait for it is bounded, so a stuck lock costs the deadline, not a hang.
+    clients = live_clients()
+    if clients:
+        helper = threading.Thread(target=work, name="flameup-signal", daemon=True)
+        helper.start()
+        helper.join(max(client.shutdown_timeout for client in clients) + 1.0)
 
 
 # --- serverless --------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -103,8 +104,8 @@ def spawn(server: LocalServer, prelude: str, options: str) -> subprocess.Popen[s
                            flush_interval=3600, flush_at=100_000, spool_dir=False, {options})
         for n in range(20):
             client.track("user_1", "clicked", {{"n": n}})
-        print("ready", flush=True)
         try:
+            print("ready", flush=True)  # inside the try: a SIGINT may follow at once
             sys.stdin.read()
         except KeyboardInterrupt:
             print("KeyboardInterrupt reached the app", flush=True)
@@ -135,6 +136,8 @@ def test_handle_signals_chains_the_handler_already_installed(server: LocalServer
     prelude = """
         import signal, sys
         def app_handler(signum, frame):
+            # A graceful stop that still tracks: the SDK flushed, it did not shut down.
+            client.track("user_1", "stopping")
             print("app handler ran", flush=True)
             sys.exit(0)
         signal.signal(signal.SIGTERM, app_handler)
@@ -144,7 +147,8 @@ def test_handle_signals_chains_the_handler_already_installed(server: LocalServer
     stdout, stderr = process.communicate(timeout=30)
     assert process.returncode == 0, stderr
     assert "app handler ran" in stdout
-    assert len(server.tracks()) == 20
+    events = [r.json["event"] for r in server.tracks()]
+    assert events.count("clicked") == 20 and events[-1] == "stopping"
 
 
 def test_handle_signals_keeps_ctrl_c_a_keyboard_interrupt(server: LocalServer) -> None:
@@ -154,6 +158,37 @@ def test_handle_signals_keeps_ctrl_c_a_keyboard_interrupt(server: LocalServer) -
     assert process.returncode == 3, stderr
     assert "KeyboardInterrupt reached the app" in stdout
     assert len(server.tracks()) == 20
+
+
+def test_as_pid_1_in_a_container_sigterm_still_ends_the_process(server: LocalServer) -> None:
+    # The kernel ignores a default signal action for PID 1, so re-raising SIGTERM would not end
+    # a container's init process: the SDK exits with 128 + SIGTERM instead.
+    unshare = shutil.which("unshare")
+    if unshare is None or subprocess.run([unshare, "--pid", "--fork", "true"], check=False).returncode != 0:
+        pytest.skip("needs unshare(1) with the right to make a PID namespace (root), as in CI")
+    script = textwrap.dedent(
+        f"""
+        import os, signal
+        import flameup_analytics as fa
+        assert os.getpid() == 1
+        client = fa.Client(api_key={API_KEY!r}, host={server.url!r}, spool_dir=False,
+                           handle_signals=True, flush_interval=3600, flush_at=1000)
+        for n in range(5):
+            client.track("user_1", "clicked", {{"n": n}})
+        os.kill(os.getpid(), signal.SIGTERM)
+        print("still running after SIGTERM", flush=True)
+        """
+    )
+    result = subprocess.run(
+        [unshare, "--pid", "--fork", sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 128 + signal.SIGTERM, result.stderr
+    assert "still running" not in result.stdout
+    assert len(server.tracks()) == 5
 
 
 def test_a_signal_while_the_main_thread_holds_an_sdk_lock_does_not_hang(server: LocalServer) -> None:
