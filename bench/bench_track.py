@@ -226,6 +226,7 @@ def latency_round(calls: int, warmup: int, order: int) -> dict[str, Any]:
             flush_at=calls + warmup + 10,
             flush_interval=3600,
             max_queue_size=calls + warmup + 10,
+            spool_dir=False,  # what is left at the end is thrown away, not written to disk
         )
         try:
             gc.collect()
@@ -237,7 +238,9 @@ def latency_round(calls: int, warmup: int, order: int) -> dict[str, Any]:
         # The queue is sized so no call is dropped: every call takes the normal path while the
         # worker delivers, flat out, to the server process.
         with ServerProcess() as server:
-            client = Client(API_KEY, WORKSPACE_ID, host=server.url, max_queue_size=calls + warmup + 10)
+            client = Client(
+                API_KEY, WORKSPACE_ID, host=server.url, max_queue_size=calls + warmup + 10, spool_dir=False
+            )
             try:
                 gc.collect()
                 started = time.perf_counter()
@@ -269,6 +272,7 @@ def memory_round(events: int) -> dict[str, float]:
         flush_at=events + 10,
         flush_interval=3600,
         max_queue_size=events + 10,
+        spool_dir=False,
     )
     try:
         # The first call starts the worker thread: a one-off cost, not a per-event one.
@@ -305,6 +309,7 @@ def throughput_round(events: int, max_concurrency: int, flush_at: int) -> dict[s
             flush_at=flush_at,
             max_concurrency=max_concurrency,
             max_queue_size=events + 10,
+            spool_dir=False,
         )
         try:
             track = client.track
