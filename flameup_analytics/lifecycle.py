@@ -62,12 +62,21 @@ def live_clients() -> list[Client]:
 
 def shutdown_all() -> None:
     """Shut every live client down, within the longest of their ``shutdown_timeout``s in all."""
+    _within_one_deadline(lambda client, remaining: client.shutdown(timeout=remaining))
+
+
+def flush_all() -> None:
+    """Flush every live client, within the longest of their ``shutdown_timeout``s in all."""
+    _within_one_deadline(lambda client, remaining: client.flush(timeout=remaining))
+
+
+def _within_one_deadline(action: Callable[[Client, float], object]) -> None:
     clients = live_clients()
     if not clients:
         return
     deadline = time.monotonic() + max(client.shutdown_timeout for client in clients)
     for client in clients:
-        client.shutdown(timeout=min(client.shutdown_timeout, deadline - time.monotonic()))
+        action(client, max(0.0, min(client.shutdown_timeout, deadline - time.monotonic())))
 
 
 # multiprocessing's children end with os._exit(), which skips atexit: they run multiprocessing's
@@ -155,16 +164,6 @@ def install_signal_handlers(signals: tuple[signal.Signals, ...] = (signal.SIGTER
         _installed[signum] = signal.getsignal(signum)
         signal.signal(signum, _on_signal)
     return True
-
-
-def flush_all() -> None:
-    """Flush every live client, within the longest of their ``shutdown_timeout``s in all."""
-    clients = live_clients()
-    if not clients:
-        return
-    deadline = time.monotonic() + max(client.shutdown_timeout for client in clients)
-    for client in clients:
-        client.flush(timeout=max(0.0, deadline - time.monotonic()))
 
 
 def _on_signal(signum: int, frame: types.FrameType | None) -> None:

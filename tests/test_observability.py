@@ -177,9 +177,8 @@ def test_sync_mode_reports_in_the_callers_thread(server: LocalServer, make_clien
     assert outcomes.threads == {threading.current_thread().name}
 
 
-def test_a_replayed_message_reports_its_delivery(
-    server: LocalServer, make_client: ClientFactory, tmp_path: Path
-) -> None:
+def spool_one_message(server: LocalServer, make_client: ClientFactory, tmp_path: Path) -> Path:
+    """Leave one message in a spool directory, as a process that ended during an outage would."""
     spool = tmp_path / "spool"
     server.add_fault(Fault(status=503, times=None))
     first = make_client(max_retries=0, spool_dir=spool)
@@ -187,6 +186,13 @@ def test_a_replayed_message_reports_its_delivery(
     assert first.flush(timeout=5)
     first.shutdown(timeout=1)
     server.clear_faults()
+    return spool
+
+
+def test_a_replayed_message_reports_its_delivery(
+    server: LocalServer, make_client: ClientFactory, tmp_path: Path
+) -> None:
+    spool = spool_one_message(server, make_client, tmp_path)
 
     outcomes = Outcomes()
     second = make_client(on_outcome=outcomes, spool_dir=spool)
@@ -306,13 +312,7 @@ def test_messages_handed_on_behind_a_failed_one_report_no_attempt(
 def test_replayed_messages_abandoned_at_shutdown_are_reported_spooled(
     server: LocalServer, make_client: ClientFactory, tmp_path: Path
 ) -> None:
-    spool = tmp_path / "spool"
-    server.add_fault(Fault(status=503, times=None))
-    first = make_client(max_retries=0, spool_dir=spool)
-    first.track("u1", "clicked")
-    assert first.flush(timeout=5)
-    first.shutdown(timeout=1)
-    server.clear_faults()
+    spool = spool_one_message(server, make_client, tmp_path)
     server.add_fault(Fault(action="hang", times=None))
 
     outcomes = Outcomes()
