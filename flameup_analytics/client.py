@@ -14,7 +14,7 @@ import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import Any, Literal, Protocol
 
-from . import lifecycle
+from . import lifecycle, spool
 from ._version import __version__
 from .delivery import Outcome, Result, api_error, deliver
 from .errors import APIError, ConfigurationError, DeliveryError
@@ -140,7 +140,7 @@ class Client:
             "User-Agent": USER_AGENT,
         }
         self._spool: DiskSpool | None = None
-        if spool_dir is not False and not disabled:
+        if spool_dir is not False and not disabled and spool.AVAILABLE:
             directory = default_directories(self.host, self.workspace_id) if spool_dir is None else spool_dir
             self._spool = DiskSpool(directory, max_bytes=max_spool_bytes)
         self._closed = False

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import hashlib
 import logging
 import os
@@ -36,7 +35,15 @@ from typing import Any, Protocol
 
 import msgpack
 
+try:
+    import fcntl
+except ImportError:  # Windows: no flock, so no spool shared safely between processes
+    fcntl = None  # type: ignore[assignment]
+
 from .message import Message, Queued, key_of
+
+#: Whether this platform has what the spool needs (POSIX file locks).
+AVAILABLE = fcntl is not None
 
 logger = logging.getLogger("flameup_analytics")
 

@@ -8,8 +8,6 @@ import sys
 import textwrap
 import time
 
-import pytest
-
 import flameup_analytics as fa
 from flameup_analytics.testing import Fault, LocalServer
 
@@ -95,7 +93,6 @@ def test_init_replaces_the_default_client(server: LocalServer) -> None:
     assert fa.flush() is True
 
 
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork exists on POSIX only")
 def test_a_forked_child_gets_a_fresh_client_and_the_parent_keeps_its_queue(server: LocalServer) -> None:
     client = fa.Client(api_key=API_KEY, host=server.url, flush_interval=3600, flush_at=1000)
     try:
