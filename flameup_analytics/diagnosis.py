@@ -15,11 +15,11 @@ import time
 import urllib.parse
 from dataclasses import dataclass
 
-from requests.utils import DEFAULT_CA_BUNDLE_PATH, get_environ_proxies
+from requests.utils import get_environ_proxies
 
 from .errors import TransportError
 from .message import keys
-from .transport import HTTPTransport, Request
+from .transport import HTTPTransport, Request, configured_ca_bundle, tls_context
 
 #: Beyond this, the timestamps the SDK stamps on events (from this machine's clock) are off.
 MAX_CLOCK_SKEW = 60.0
@@ -109,7 +109,7 @@ def _tcp(hostname: str, port: int, timeout: float) -> Finding:
 
 
 def _tls(hostname: str, port: int, timeout: float) -> Finding:
-    context = ssl.create_default_context(cafile=DEFAULT_CA_BUNDLE_PATH)
+    context = tls_context(configured_ca_bundle())
     try:
         with (
             socket.create_connection((hostname, port), timeout=timeout) as raw,

@@ -69,6 +69,16 @@ class Transport(Protocol):
     def close(self) -> None: ...
 
 
+def configured_ca_bundle() -> str | None:
+    """The CA bundle the environment asks for, as ``requests`` reads it, if any."""
+    return os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+
+
+def tls_context(ca_bundle: str | None = None) -> ssl.SSLContext:
+    """Verification against ``ca_bundle``, else against the bundle ``requests`` ships (certifi)."""
+    return ssl.create_default_context(cafile=ca_bundle or DEFAULT_CA_BUNDLE_PATH)
+
+
 class _PooledTransport:
     """What both bundled transports share: keep-alive pools, proxies from the environment like
     ``requests`` reads them, a CA bundle from ``REQUESTS_CA_BUNDLE``, one transparent retry of a
@@ -79,7 +89,7 @@ class _PooledTransport:
 
     def __init__(self, pool_size: int) -> None:
         self._pool_size = pool_size
-        self._ca_bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+        self._ca_bundle = configured_ca_bundle()
         self._proxies: dict[str, dict[str, str]] = {}
 
     def _proxies_for(self, url: str) -> dict[str, str]:
@@ -225,7 +235,7 @@ class HTTPTransport(_PooledTransport):
 
     def _tls_context(self) -> ssl.SSLContext:
         if self._tls is None:
-            self._tls = ssl.create_default_context(cafile=self._ca_bundle or DEFAULT_CA_BUNDLE_PATH)
+            self._tls = tls_context(self._ca_bundle)
         return self._tls
 
     def _checkin(self, route: _Route, connection: http.client.HTTPConnection) -> None:
