@@ -197,19 +197,16 @@ class Client:
         ``timestamp`` (a ``datetime``; naive means UTC) defaults to now.
         """
         user_id, body = track_body(external_id, event, parameters, timestamp, self.max_message_bytes)
-        message: Queued = (TRACK, user_id, body, keys.next_number())
-        if self._queue_directly and self._queue.put(message):
-            if self._worker is None:
-                self._start_worker()
-            return
-        self._enqueue_slowly(message)
+        self._enqueue((TRACK, user_id, body, keys.next_number()))
 
     def identify(self, user_id: str, traits: Mapping[str, Any] | None = None) -> None:
         """Create or update the person ``user_id`` with ``traits``. Returns at once."""
         if self.workspace_id is None and not self.disabled:
             raise _missing_workspace("identify()")
         user_id, body = identify_body(user_id, traits, self.max_message_bytes)
-        message: Queued = (IDENTIFY, user_id, body, keys.next_number())
+        self._enqueue((IDENTIFY, user_id, body, keys.next_number()))
+
+    def _enqueue(self, message: Queued) -> None:
         if self._queue_directly and self._queue.put(message):
             if self._worker is None:
                 self._start_worker()
