@@ -11,6 +11,7 @@ import http.client
 import json
 import os
 import select
+import socket
 import ssl
 import threading
 import urllib.parse
@@ -156,7 +157,7 @@ class HTTPTransport(_PooledTransport):
 
     def _send_once(self, request: Request, timeout: float) -> Response:
         route = self._routes.get(request.url) or self._route(request.url)
-        connection = self._checkout(route)
+        connection = self._checkout(route, timeout)
         try:
             connection.timeout = timeout
             if connection.sock is not None:
@@ -209,7 +210,7 @@ class HTTPTransport(_PooledTransport):
         self._routes[url] = route
         return route
 
-    def _checkout(self, route: _Route) -> http.client.HTTPConnection:
+    def _checkout(self, route: _Route, timeout: float) -> http.client.HTTPConnection:
         with self._lock:
             idle = self._idle.get(route.pool)
             while idle:
@@ -217,20 +218,26 @@ class HTTPTransport(_PooledTransport):
                 if not _closed_while_idle(connection):
                     return connection
                 connection.close()
-        return self._connect(route)
+        return self._connect(route, timeout)
 
-    def _connect(self, route: _Route) -> http.client.HTTPConnection:
+    def _connect(self, route: _Route, timeout: float) -> http.client.HTTPConnection:
         host, port = (
             (route.proxy.hostname, route.proxy.port or 80) if route.proxy else (route.host, route.port)
         )
         assert host is not None
         connection: http.client.HTTPConnection
         if route.scheme == "https":
-            connection = http.client.HTTPSConnection(host, port, context=self._tls_context())
+            connection = http.client.HTTPSConnection(host, port, timeout=timeout, context=self._tls_context())
             if route.proxy is not None:
                 connection.set_tunnel(route.host, route.port, headers=route.tunnel_headers)
         else:
-            connection = http.client.HTTPConnection(host, port)
+            connection = http.client.HTTPConnection(host, port, timeout=timeout)
+        connection.connect()
+        assert connection.sock is not None
+        # http.client writes the head and the body of a request separately: with Nagle's
+        # algorithm on, the body would wait for the peer's (delayed) ACK of the head, up to 40 ms
+        # a request on a real network. urllib3 turns it off for the same reason.
+        connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return connection
 
     def _tls_context(self) -> ssl.SSLContext:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import http.client
 import http.server
+import socket
 import threading
 from collections.abc import Iterator
 
@@ -143,3 +144,14 @@ def test_mock_transport_records_requests() -> None:
     assert request.url == "https://api.flameup.ai/api/v1/track"
     assert request.headers["Idempotency-Key"]
     assert client.stats().delivered == 1
+
+
+def test_pooled_connections_have_nagle_turned_off(server: LocalServer) -> None:
+    # http.client writes a request's head and body separately; with Nagle's algorithm on, a real
+    # network would hold the body until the head's delayed ACK (tens of ms per request).
+    transport = fa.HTTPTransport()
+    assert transport.send(track_request(server), timeout=5).status == 200
+    ((connection,),) = transport._idle.values()
+    assert connection.sock is not None
+    assert connection.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    transport.close()
