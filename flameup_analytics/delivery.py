@@ -22,6 +22,8 @@ class Result(enum.Enum):
     REJECTED = "rejected"
     #: 401/403: the key is wrong; the message is kept for when it is fixed.
     UNAUTHORIZED = "unauthorized"
+    #: 3xx: the host is wrong (say, http:// redirected to https://); kept for when it is fixed.
+    MISDIRECTED = "misdirected"
     #: The retry budget, the deadline or a too-long ``Retry-After`` ended the retries.
     EXHAUSTED = "exhausted"
     #: Shutdown interrupted a wait between attempts.
@@ -86,6 +88,8 @@ def deliver(
             error = api_error(response)
             if status in AUTH_STATUSES:
                 return Outcome(Result.UNAUTHORIZED, attempts, response, error)
+            if 300 <= status < 400:
+                return Outcome(Result.MISDIRECTED, attempts, response, error)
             if not policy.is_retryable(status):
                 return Outcome(Result.REJECTED, attempts, response, error)
             retry_after = parse_retry_after(response.header("Retry-After"))

@@ -41,8 +41,9 @@ class TransportError(FlameupError):
 class DeliveryError(FlameupError):
     """Why queued messages could not be delivered; passed to ``on_error`` with the messages.
 
-    ``reason`` is one of ``"queue_full"``, ``"retries_exhausted"``, ``"unauthorized"``,
-    ``"shutdown"`` (the exit deadline passed) or ``"closed"`` (a call after ``shutdown()``).
+    ``reason`` is one of ``"queue_full"``, ``"retries_exhausted"``, ``"unauthorized"`` (401/403),
+    ``"misdirected"`` (a 3xx: the host is wrong), ``"shutdown"`` (the exit deadline passed) or
+    ``"closed"`` (a call after ``shutdown()``).
     ``cause`` is the last API or network error, if there was one.
     """
 

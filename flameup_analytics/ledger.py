@@ -102,6 +102,7 @@ class Ledger:
         self.internal_errors = 0
         self._last_warning = -WARNING_INTERVAL
         self._auth_failure_logged = False
+        self._misdirection_logged = False
 
     def snapshot(self, queued: int, enqueued: int, corrupt: int) -> Stats:
         with self._lock:
@@ -158,6 +159,17 @@ class Ledger:
                     outcome.error,
                 )
             return DeliveryError("unauthorized", "the API refused the key", outcome.error)
+        if outcome.result is Result.MISDIRECTED:
+            if not self._misdirection_logged:
+                self._misdirection_logged = True
+                location = outcome.response.header("Location") if outcome.response else None
+                logger.error(
+                    "the API answered HTTP %s (a redirect to %s): the host is wrong. Messages are "
+                    "kept, not dropped; check FLAMEUP_HOST / host. Logged once per client.",
+                    outcome.status,
+                    location or "an unnamed place",
+                )
+            return DeliveryError("misdirected", "the API redirected the request", outcome.error)
         if outcome.result is Result.ABORTED:
             return DeliveryError("shutdown", "shutdown interrupted the retries", outcome.error)
         return DeliveryError(

@@ -171,6 +171,22 @@ def test_a_refused_key_is_logged_once_and_messages_are_not_rejected(
     assert (stats.rejected, stats.retried, stats.dropped, stats.spooled) == (0, 0, 0, 3)
 
 
+def test_a_redirect_means_a_wrong_host_is_logged_once_and_messages_are_kept(
+    server: LocalServer, make_client: ClientFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    server.add_fault(Fault(status=301, times=None))  # as http:// redirected to https:// would
+    reasons: list[str] = []
+    client = make_client(on_outcome=lambda outcome: reasons.append(getattr(outcome.error, "reason", "")))
+    for index in range(3):
+        client.track(f"user_{index}", "clicked")
+    with caplog.at_level(logging.ERROR, logger="flameup_analytics"):
+        assert client.flush(timeout=5)
+    assert len([r for r in caplog.records if "check FLAMEUP_HOST" in r.message]) == 1
+    assert reasons == ["misdirected"] * 3
+    stats = client.stats()
+    assert (stats.rejected, stats.retried, stats.spooled) == (0, 0, 3)
+
+
 def test_flush_returns_false_at_its_deadline_against_a_hanging_server(
     server: LocalServer, make_client: ClientFactory
 ) -> None:
