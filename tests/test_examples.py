@@ -293,3 +293,18 @@ def test_long_running_worker_on_sigterm_delivers_at_once_finishes_its_job_and_lo
     tracks = flameup_env.tracks()
     assert [r.json["parameters"]["job"] for r in tracks] == [0, 1]
     assert len({r.idempotency_key for r in tracks}) == 2
+
+
+def test_quickstart_runs_against_the_bundled_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("FLAMEUP_API_KEY", "FLAMEUP_WORKSPACE_ID", "FLAMEUP_HOST"):
+        monkeypatch.delenv(name, raising=False)
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / "quickstart.py")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "flush(): everything delivered" in result.stdout
+    assert "23 requests accepted in all" in result.stdout
