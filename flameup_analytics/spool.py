@@ -186,6 +186,7 @@ class DiskSpool:
         self._last_warning = {"cap": -WARNING_INTERVAL, "disk": -WARNING_INTERVAL}
         self.dropped_at_cap = 0
         self.corrupt = 0
+        self._corrupt_seen: dict[str, int] = {}
         #: True when this process spooled something since it last looked for segments to replay.
         self.has_unreplayed = False
 
@@ -364,7 +365,11 @@ class DiskSpool:
         for path in self.segments():
             reader = SegmentReader.open(path)
             if reader is not None:
-                self.corrupt += reader.corrupt
+                if reader.corrupt:
+                    # A segment claimed again (its replay was cut short) shows the same damage again.
+                    seen = self._corrupt_seen.get(path.name, 0)
+                    self.corrupt += max(0, reader.corrupt - seen)
+                    self._corrupt_seen[path.name] = max(seen, reader.corrupt)
                 yield reader
 
     def forget_bytes(self, count: int) -> None:

@@ -123,6 +123,18 @@ def test_acks_make_a_resumed_replay_start_where_it_stopped(tmp_path: Path) -> No
     assert keys(replay_all(tmp_path)) == ["key-3", "key-4", "key-5"]
 
 
+def test_damage_is_counted_once_though_a_segment_is_claimed_again(tmp_path: Path) -> None:
+    spool = DiskSpool(tmp_path)
+    spool.store([message(n) for n in range(4)])
+    spool.close()
+    with open(spool.segments()[0], "ab") as segment:
+        segment.write(b"\xf1\x5e torn")
+    for _ in range(3):  # three replays, each cut short before the end
+        (reader,) = spool.claim()
+        reader.release()
+    assert spool.corrupt == 1
+
+
 def test_the_cap_drops_the_newest(tmp_path: Path) -> None:
     frame = len(encode_record(message(0), 1.5))  # store() stamps a float time, as here
     spool = DiskSpool(tmp_path, max_bytes=frame * 3)
