@@ -7,8 +7,18 @@ class FlameupError(Exception):
     """Base class of every exception this SDK raises."""
 
 
-class ConfigurationError(FlameupError):
-    """The client cannot work with the options it was given (missing key, unusable host, ...)."""
+class ConfigurationError(FlameupError, ValueError):
+    """The client cannot work with the options it was given (missing key, unusable host, ...).
+
+    Raised at construction, never later from the background. ``option`` names the option at
+    fault (``"api_key"``, ``"flush_at"``, ...) and ``env`` the environment variable that can set
+    it, when there is one, so a command line can phrase its own advice.
+    """
+
+    def __init__(self, message: str, *, option: str | None = None, env: str | None = None) -> None:
+        super().__init__(message)
+        self.option = option
+        self.env = env
 
 
 class ValidationError(FlameupError, ValueError):
