@@ -14,7 +14,7 @@ import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import Any, Literal, Protocol
 
-from . import lifecycle, spool
+from . import _config, lifecycle, spool
 from ._version import __version__
 from .delivery import Outcome, Result, api_error, deliver
 from .errors import APIError, ConfigurationError, DeliveryError
@@ -38,7 +38,7 @@ from .worker import Worker
 
 logger = logging.getLogger("flameup_analytics")
 
-DEFAULT_HOST = "https://api.flameup.ai"
+DEFAULT_HOST = _config.DEFAULT_HOST
 USER_AGENT = (
     f"flameup-analytics-python/{__version__} "
     f"(python {platform.python_version()}; {platform.system().lower() or 'unknown'})"
@@ -95,35 +95,30 @@ class Client:
         worker_idle_timeout: float = 60.0,
         on_outcome: OutcomeCallback | None = None,
     ) -> None:
-        self.api_key = _resolve_api_key(api_key, disabled)
-        self.workspace_id = _resolve_workspace_id(workspace_id)
-        self.host = _resolve_host(host)
-        _require(flush_at >= 1, "flush_at must be >= 1")
-        _require(flush_interval > 0, "flush_interval must be > 0")
-        _require(max_queue_size >= 1, "max_queue_size must be >= 1")
-        _require(max_concurrency >= 1, "max_concurrency must be >= 1")
-        _require(timeout > 0, "timeout must be > 0")
-        _require(max_message_bytes >= 64, "max_message_bytes must be >= 64")
-        _require(shutdown_timeout >= 0, "shutdown_timeout must be >= 0")
-        _require(max_spool_bytes >= 0, "max_spool_bytes must be >= 0")
-        _require(worker_idle_timeout > 0, "worker_idle_timeout must be > 0")
-        retry = retry or RetryPolicy()
+        self.disabled = _config.flag("disabled", disabled)
+        self.api_key = _config.api_key(api_key, self.disabled)
+        self.workspace_id = _config.workspace_id(workspace_id)
+        self.host = _config.host(host)
+        self.flush_at = _config.count("flush_at", flush_at, 1)
+        self.flush_interval = _config.seconds("flush_interval", flush_interval)
+        self.max_queue_size = _config.count("max_queue_size", max_queue_size, 1)
+        self.max_concurrency = _config.count("max_concurrency", max_concurrency, 1)
+        self.timeout = _config.seconds("timeout", timeout)
+        self.max_message_bytes = _config.count("max_message_bytes", max_message_bytes, 64)
+        self.shutdown_timeout = _config.seconds("shutdown_timeout", shutdown_timeout, zero_allowed=True)
+        self.sync_mode = _config.flag("sync_mode", sync_mode)
+        self.on_error = _config.optional_callable("on_error", on_error)
+        self.on_outcome = _config.optional_callable("on_outcome", on_outcome)
+        self.worker_idle_timeout = _config.seconds("worker_idle_timeout", worker_idle_timeout)
+        max_spool_bytes = _config.count("max_spool_bytes", max_spool_bytes, 0)
+        spool_dir = _config.spool_dir(spool_dir)
+        transport = _config.transport(transport)
+        handle_signals = _config.flag("handle_signals", handle_signals)
+        debug = _config.flag("debug", debug)
+        retry = _config.instance("retry", retry, RetryPolicy, RetryPolicy)
         if max_retries is not _UNSET:
-            _require(max_retries >= 0, "max_retries must be >= 0")
-            retry = dataclasses.replace(retry, max_retries=max_retries)
-        self.retry = retry
-        self.flush_at = flush_at
-        self.flush_interval = flush_interval
-        self.max_queue_size = max_queue_size
-        self.max_concurrency = max_concurrency
-        self.timeout = timeout
-        self.max_message_bytes = max_message_bytes
-        self.shutdown_timeout = shutdown_timeout
-        self.sync_mode = sync_mode
-        self.disabled = disabled
-        self.on_error = on_error
-        self.on_outcome = on_outcome
-        self.worker_idle_timeout = worker_idle_timeout
+            retry = dataclasses.replace(retry, max_retries=_config.count("max_retries", max_retries, 0))
+        self.retry: RetryPolicy = retry
         if debug:
             _enable_debug_logging()
 
@@ -450,48 +445,6 @@ class Client:
 
 
 # --- configuration -------------------------------------------------------------------------------
-
-
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise ConfigurationError(message)
-
-
-def _resolve_api_key(api_key: str | None, disabled: bool) -> str:
-    key = (api_key if api_key is not None else os.environ.get("FLAMEUP_API_KEY", "")).strip()
-    if not key:
-        if disabled:
-            return ""
-        raise ConfigurationError(
-            "no API key: pass api_key=... or set the FLAMEUP_API_KEY environment variable "
-            "(keys look like ws_live_abc12345_abc123.your_secret_here)"
-        )
-    if any(character.isspace() for character in key):
-        raise ConfigurationError("the API key contains white space: check FLAMEUP_API_KEY / api_key")
-    return key
-
-
-def _resolve_workspace_id(workspace_id: str | None) -> str | None:
-    value = (workspace_id if workspace_id is not None else os.environ.get("FLAMEUP_WORKSPACE_ID", "")).strip()
-    return value or None
-
-
-def _resolve_host(host: str | None) -> str:
-    value = (host if host is not None else os.environ.get("FLAMEUP_HOST", "")).strip() or DEFAULT_HOST
-    parts = urllib.parse.urlsplit(value)
-    path = parts.path.rstrip("/")
-    if path.endswith("/api/v1"):  # a common slip: the base URL instead of the host
-        path = path[: -len("/api/v1")]
-    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
-        raise ConfigurationError(
-            f"unusable host {value!r}: pass host=... or set FLAMEUP_HOST to a URL like "
-            f"{DEFAULT_HOST} (scheme and host name, without /api/v1)"
-        )
-    try:
-        parts.port  # noqa: B018 - raises for a port that is not a number or out of range
-    except ValueError as exc:
-        raise ConfigurationError(f"unusable host {value!r}: {exc}; set FLAMEUP_HOST") from None
-    return f"{parts.scheme}://{parts.netloc}{path}"
 
 
 def _missing_workspace(call: str) -> ConfigurationError:

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import backoff
 
+from . import _config
+
 #: Statuses the API contract names as transient. 501 and 505 are 5xx but retrying cannot fix them.
 RETRYABLE_STATUSES = frozenset({408, 425, 429} | (set(range(500, 600)) - {501, 505}))
 #: A wrong or revoked key: the data is kept for when the key is fixed, never dropped.
@@ -37,10 +39,9 @@ class RetryPolicy:
     max_retry_after: float = 60.0
 
     def __post_init__(self) -> None:
-        if self.max_retries < 0:
-            raise ValueError("max_retries must be >= 0")
-        if self.backoff_factor < 0 or self.max_backoff < 0 or self.max_retry_after < 0:
-            raise ValueError("backoff_factor, max_backoff and max_retry_after must be >= 0")
+        _config.count("max_retries", self.max_retries, 0)
+        for name in ("backoff_factor", "max_backoff", "max_retry_after"):
+            _config.seconds(name, getattr(self, name), zero_allowed=True)
 
     @staticmethod
     def is_retryable(status: int) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import platform
@@ -77,8 +78,9 @@ def test_the_timestamp_is_the_time_of_the_call_not_of_sending(
     called = time.time()
     assert client.flush(timeout=5)
     (delivered,) = server.tracks()
-    stamp = time.strptime(delivered.json["timestamp"][:19], "%Y-%m-%dT%H:%M:%S")
-    assert abs(time.mktime(stamp) - time.timezone - called) < 1.0
+    # Read as UTC whatever the local zone (and its DST) is: the stamp ends with Z.
+    stamp = dt.datetime.fromisoformat(delivered.json["timestamp"].replace("Z", "+00:00"))
+    assert abs(stamp.timestamp() - called) < 1.0
     assert delivered.received_at - server.requests[0].received_at >= 1.0
 
 
@@ -422,11 +424,52 @@ def test_the_context_manager_shuts_down(server: LocalServer) -> None:
         ({"api_key": "k", "flush_at": 0}, "flush_at"),
         ({"api_key": "k", "timeout": 0}, "timeout"),
         ({"api_key": "k", "max_retries": -1}, "max_retries"),
+        ({"api_key": "k", "flush_at": "5"}, "flush_at must be an int, not str"),
+        ({"api_key": "k", "flush_at": 2.5}, "flush_at must be an int, not float"),
+        ({"api_key": "k", "max_queue_size": True}, "max_queue_size must be an int, not bool"),
+        ({"api_key": 123}, "api_key must be a str, not int"),
+        ({"api_key": "k", "workspace_id": 7}, "workspace_id must be a str"),
+        ({"api_key": "k", "host": b"http://x"}, "host must be a str"),
+        ({"api_key": "k", "timeout": float("inf")}, "timeout must be a finite number > 0, not inf"),
+        ({"api_key": "k", "timeout": float("nan")}, "timeout must be a finite number"),
+        ({"api_key": "k", "timeout": "10"}, "timeout must be a number of seconds, not str"),
+        ({"api_key": "k", "flush_interval": 0}, "flush_interval must be a finite number > 0"),
+        ({"api_key": "k", "shutdown_timeout": -1}, "shutdown_timeout must be a finite number >= 0"),
+        ({"api_key": "k", "spool_dir": ""}, "spool_dir must not be empty"),
+        ({"api_key": "k", "spool_dir": True}, "spool_dir must be a path, None or False, not bool"),
+        ({"api_key": "k", "sync_mode": "yes"}, "sync_mode must be True or False"),
+        ({"api_key": "k", "on_error": "log"}, "on_error must be callable"),
+        ({"api_key": "k", "retry": {"max_retries": 1}}, "retry must be a RetryPolicy, not dict"),
+        ({"api_key": "k", "transport": object()}, "transport must have send"),
+        ({"api_key": "k", "max_spool_bytes": -1}, "max_spool_bytes must be >= 0"),
     ],
 )
 def test_unusable_configuration_fails_at_construction(options: dict[str, Any], message: str) -> None:
-    with pytest.raises(fa.ConfigurationError, match=message):
+    with pytest.raises(fa.ConfigurationError, match=re.escape(message)) as raised:
         fa.Client(**options)
+    # Each names its option, so a command line or a settings loader can point at it.
+    assert raised.value.option == next((name for name in options if name != "api_key"), "api_key")
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"max_retries": -1}, {"backoff_factor": -0.5}, {"max_backoff": float("inf")}, {"max_retries": 1.5}],
+)
+def test_a_bad_retry_policy_is_a_configuration_error_naming_the_field(options: dict[str, Any]) -> None:
+    with pytest.raises(fa.ConfigurationError) as raised:
+        fa.RetryPolicy(**options)
+    assert raised.value.option == next(iter(options))
+    assert isinstance(raised.value, ValueError)  # what code written for the old ValueError catches
+
+
+def test_credentials_in_the_host_are_refused_without_echoing_the_password() -> None:
+    with pytest.raises(fa.ConfigurationError) as raised:
+        fa.Client(api_key="k", host="https://jane:hunter2@api.flameup.ai")
+    assert "hunter2" not in str(raised.value)
+    assert "jane:***@" in str(raised.value)
+    with pytest.raises(fa.ConfigurationError) as raised:
+        fa.Client(api_key="k", host="https://jane:hunter2@api.flameup.ai:notaport")
+    assert "hunter2" not in str(raised.value)
 
 
 def test_configuration_falls_back_to_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
