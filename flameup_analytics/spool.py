@@ -1,18 +1,18 @@
 """The disk spool: where messages go that cannot be held in memory or delivered in time.
 
-Layout of a spool directory (see docs/spool.md for the guarantees):
+Layout of a spool directory (record and name formats in ``_spool_format``; guarantees in
+docs/spool.md):
 
-- ``<created_ns>-<writer>-<n>.seg``: a segment, only ever appended to, by the one process (the
-  "writer", a random token per process) that created it. It holds records:
-  ``MAGIC (2 bytes) | payload length (u32) | crc32 of payload (u32) | payload (msgpack)``.
-  A torn write or garbage fails the length or CRC check; the reader then skips ahead to the next
-  MAGIC, so one bad record never hides the good ones after it.
+- ``<sequence>-<writer>-<n>.seg``: a segment, only ever appended to, by the one process (the
+  "writer", a random token per process) that created it. The sequence number orders segments
+  without the wall clock: a new segment takes one more than the highest in the directory.
 - ``<segment>.ack``: how far into the segment every record is final, so a replay that was cut
   short resumes there instead of sending everything again.
 
-A writer holds an exclusive ``flock`` on its open segment; a replayer takes the same lock on a
-segment before reading it. So a segment is replayed by one process at a time, and never while its
-writer still appends to it. A segment is deleted once every record in it is final.
+A writer holds an exclusive ``flock`` on its segment until it is sealed (fsynced and closed); a
+replayer takes the same lock on a segment before reading it. So a segment is replayed by one
+process at a time, and never while its writer still appends to it or has not made it durable. A
+segment is deleted once every record in it is final.
 """
 
 from __future__ import annotations
@@ -23,39 +23,68 @@ import hashlib
 import logging
 import os
 import secrets
-import struct
 import tempfile
 import threading
 import time
-import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
-
-import msgpack
 
 try:
     import fcntl
 except ImportError:  # Windows: no flock, so no spool shared safely between processes
     fcntl = None  # type: ignore[assignment]
 
-from .message import Message, Queued, key_of
+from ._spool_format import (
+    MAGIC,
+    MAX_RECORD_BYTES,
+    SEGMENT_SUFFIX,
+    Record,
+    decode_ack,
+    decode_records,
+    encode_ack,
+    encode_record,
+    replay_order,
+    segment_name,
+    sequence_of,
+    unacknowledged,
+)
+from .message import Queued
+
+__all__ = [
+    "AVAILABLE",
+    "DEFAULT_MAX_BYTES",
+    "DEFAULT_SEGMENT_BYTES",
+    "MAGIC",
+    "MAX_RECORD_BYTES",
+    "SEGMENT_SUFFIX",
+    "DiskSpool",
+    "NoSpool",
+    "Record",
+    "SegmentReader",
+    "Spool",
+    "SpoolSummary",
+    "WarningThrottle",
+    "decode_records",
+    "default_directories",
+    "default_directory",
+    "encode_record",
+    "purge",
+    "summarize",
+]
 
 #: Whether this platform has what the spool needs (POSIX file locks).
 AVAILABLE = fcntl is not None
 
 logger = logging.getLogger("flameup_analytics")
 
-MAGIC = b"\xf1\x5e"
-_HEADER = struct.Struct(">2sII")
-#: Largest payload a reader accepts; anything larger is a corrupt length field.
-MAX_RECORD_BYTES = 16 * 1024 * 1024
-SEGMENT_SUFFIX = ".seg"
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 DEFAULT_SEGMENT_BYTES = 1024 * 1024
 #: Disk trouble is logged at most this often.
 WARNING_INTERVAL = 60.0
+#: Names a new segment may try before giving up (other processes take the same numbers).
+_NAME_ATTEMPTS = 100
 
 
 class Spool(Protocol):
@@ -71,66 +100,24 @@ class NoSpool:
         return 0
 
 
-# --- the record format ------------------------------------------------------------------------
+class WarningThrottle:
+    """Logs each kind of disk trouble at most once per ``WARNING_INTERVAL``: a full disk must not
+    flood the log. Races between threads may let a second warning through, which is harmless."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._last: dict[str, float] = {}
+
+    def warn(self, kind: str, message: str, *args: Any) -> None:
+        now = self.clock()
+        last = self._last.get(kind)
+        if last is None or now - last >= WARNING_INTERVAL:
+            self._last[kind] = now
+            logger.warning(message, *args)
 
 
-def encode_record(message: Queued, created: float) -> bytes:
-    kind, user_id, body, _ = message
-    payload: bytes = msgpack.packb([kind, user_id, key_of(message), body, created], use_bin_type=True)
-    return _HEADER.pack(MAGIC, len(payload), zlib.crc32(payload)) + payload
-
-
-@dataclass(frozen=True)
-class Record:
-    message: Message
-    #: When the message was spooled (``time.time()``).
-    created: float
-    #: The offset just past this record: an ack up to here makes it final.
-    end: int
-
-
-def decode_records(data: bytes, start: int = 0) -> tuple[list[Record], int]:
-    """Every intact record of ``data`` from ``start`` on, and how many damaged places were skipped."""
-    records: list[Record] = []
-    corrupt = 0
-    offset = start
-    size = len(data)
-    damaged = False  # one damaged stretch counts once, however many false starts it holds
-    while offset < size:
-        record = _decode_at(data, offset)
-        if record is not None:
-            records.append(record)
-            offset = record.end
-            damaged = False
-            continue
-        if not damaged:
-            corrupt += 1
-            damaged = True
-        found = data.find(MAGIC, offset + 1)
-        if found < 0:
-            break
-        offset = found
-    return records, corrupt
-
-
-def _decode_at(data: bytes, offset: int) -> Record | None:
-    if offset + _HEADER.size > len(data):
-        return None
-    magic, length, crc = _HEADER.unpack_from(data, offset)
-    start = offset + _HEADER.size
-    end = start + length
-    if magic != MAGIC or length > MAX_RECORD_BYTES or end > len(data):
-        return None
-    payload = data[start:end]
-    if zlib.crc32(payload) != crc:
-        return None
-    try:
-        kind, user_id, key, body, created = msgpack.unpackb(payload, raw=False)
-    except (ValueError, TypeError, msgpack.UnpackException):
-        return None
-    if kind not in ("track", "identify") or not isinstance(body, bytes):
-        return None
-    return Record(Message(kind, str(user_id), body, str(key)), float(created), end)
+#: For readers opened outside a spool (``summarize``, ``purge``).
+_shared_warnings = WarningThrottle()
 
 
 # --- where the spool lives --------------------------------------------------------------------
@@ -159,7 +146,8 @@ def default_directory(host: str, workspace_id: str | None) -> Path:
 
 class DiskSpool:
     """Segmented, append-only, CRC-checked storage shared safely by the processes that use one
-    directory. ``store`` may be called from any thread; replay runs on the worker thread."""
+    directory. ``store`` may be called from any thread; replay and ``seal_pending`` run on the
+    worker thread."""
 
     def __init__(
         self,
@@ -178,12 +166,17 @@ class DiskSpool:
         self._lock = threading.Lock()
         self._writer_token = secrets.token_hex(4)
         self._segment_number = 0
+        #: The highest segment sequence number this process has used.
+        self._sequence = 0
         self._fd: int | None = None
-        self._closed = False
+        self._segment: Path | None = None
         self._written = 0
+        #: Segments that are full (or cut short) but not yet sealed: their lock still holds.
+        self._detached: list[int] = []
+        self._closed = False
         #: Bytes of all segments in the directory, as last counted plus our own appends since.
         self._used: int | None = None
-        self._last_warning = {"cap": -WARNING_INTERVAL, "disk": -WARNING_INTERVAL}
+        self.warnings = WarningThrottle()
         self.dropped_at_cap = 0
         self.corrupt = 0
         self._corrupt_seen: dict[str, int] = {}
@@ -193,59 +186,85 @@ class DiskSpool:
     # --- writing ---------------------------------------------------------------------------
 
     def store(self, messages: Sequence[Queued]) -> int:
-        """Append ``messages`` with one write; return how many were kept (the oldest first).
+        """Append ``messages`` with one buffered write, never an fsync; return how many were kept
+        (the oldest first). A message counts as kept only once it is in a segment that a later
+        process can find: if the directory was removed, the write goes again to a new segment in
+        a new directory.
 
         Never raises for disk trouble: it logs (at most once a minute) and keeps what it could.
         """
         now = time.time()
         frames = [encode_record(message, now) for message in messages]
         with self._lock:
-            try:
-                if self._used is None:
-                    self._used = self._measure()
-                room = self.max_bytes - self._used
-                kept = 0
-                size = 0
-                for frame in frames:
-                    if size + len(frame) > room:
-                        break
-                    size += len(frame)
-                    kept += 1
-                if kept < len(frames):
-                    self.dropped_at_cap += len(frames) - kept
-                    self._warn(
-                        "cap",
-                        "the spool is full (max_spool_bytes=%d): newest message(s) dropped",
-                        self.max_bytes,
-                    )
-                if kept:
-                    self._append(b"".join(frames[:kept]))
-                    self.has_unreplayed = True
-                    if self._closed:
-                        self._seal()  # no shutdown will come to seal it: make it durable now
-                return kept
-            except OSError as exc:
-                self._abandon_segment()
-                self._warn(
-                    "disk",
-                    "cannot write the spool in %s (%s): messages are dropped until it works again",
-                    self.directory,
-                    exc,
-                )
+            frames = frames[: self._room_for(frames)]
+            if not frames:
                 return 0
+            kept, error = self._append(frames)
+            if kept:
+                self.has_unreplayed = True
+                if self._closed:
+                    self._detach()  # no worker will seal it after shutdown: seal it below
+        if error is not None:
+            self.warnings.warn(
+                "disk",
+                "cannot write the spool in %s (%s): messages are dropped until it works again",
+                self.directory,
+                error,
+            )
+        if self._closed:
+            self.seal_pending()
+        return kept
 
-    def _append(self, data: bytes) -> None:
-        if self._fd is None:
-            self._open_segment()
-        assert self._fd is not None
-        written = os.write(self._fd, data)
-        if written != len(data):
-            raise OSError(errno.ENOSPC, "short write to the spool")
-        self._written += written
-        assert self._used is not None
-        self._used += written
-        if self._written >= self.segment_bytes:
-            self._seal()
+    def _room_for(self, frames: list[bytes]) -> int:
+        """How many of ``frames`` fit under the cap. The cap limits new writes only: what is
+        already on disk is never dropped to make room."""
+        if self._used is None:
+            self._used = self._measure()
+        room = self.max_bytes - self._used
+        fitting = 0
+        for frame in frames:
+            room -= len(frame)
+            if room < 0:
+                break
+            fitting += 1
+        if fitting < len(frames):
+            self.dropped_at_cap += len(frames) - fitting
+            self.warnings.warn(
+                "cap", "the spool is full (max_spool_bytes=%d): newest message(s) dropped", self.max_bytes
+            )
+        return fitting
+
+    def _append(self, frames: list[bytes]) -> tuple[int, OSError | None]:
+        """Write ``frames`` to a segment that is still in the spool directory; return how many
+        are there (fewer when the disk filled midway) and the error that stopped the rest."""
+        data = b"".join(frames)
+        error: OSError | None = None
+        for _ in range(2):  # once more when the directory vanished under the first write
+            try:
+                if self._fd is not None and not self._reachable():
+                    self._detach()
+                if self._fd is None:
+                    self._open_segment()
+            except OSError as exc:
+                return 0, exc
+            assert self._fd is not None
+            written, error = _write_fully(self._fd, data)
+            # Checked after the write too: a removal that raced it left the data where no
+            # process will ever look.
+            if not self._reachable():
+                self._detach()
+                continue
+            assert self._used is not None
+            self._written += written
+            self._used += written
+            if error is not None or self._written >= self.segment_bytes:
+                self._detach()  # full, or a torn tail: the next write starts a new segment
+            return _whole_frames(frames, written), error
+        return 0, error or OSError(errno.ENOENT, "the spool directory was removed while it was written")
+
+    def _reachable(self) -> bool:
+        assert self._fd is not None and self._segment is not None
+        return _reachable(self._fd, self._segment)
 
     @property
     def directory(self) -> Path:
@@ -268,57 +287,75 @@ class DiskSpool:
         raise error
 
     def _open_segment(self) -> None:
+        """Create, lock and verify a new segment named with the next sequence number."""
         directory = self._make_directory()
         self._segment_number += 1
-        name = f"{time.time_ns():020d}-{self._writer_token}-{self._segment_number:06d}{SEGMENT_SUFFIX}"
-        final = directory / name
-        temporary = final.with_name(name + ".new")
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-        try:
-            # Locked before it gets its real name, so no replayer ever sees it unlocked.
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            os.rename(temporary, final)
-        except OSError:
+        sequence = max(self._sequence, _highest_sequence(directory))
+        for _ in range(_NAME_ATTEMPTS):
+            sequence += 1
+            path = directory / segment_name(sequence, self._writer_token, self._segment_number)
+            try:
+                # O_EXCL: never take over an existing segment, whoever made it.
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
+            except FileExistsError:
+                continue
+            # A replayer may lock the new, empty file before we do and delete it (nothing in it
+            # is unfinished): then take the next name.
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                if _reachable(fd, path):
+                    self._fd, self._segment, self._written = fd, path, 0
+                    self._sequence = sequence
+                    return
+            except BlockingIOError:
+                pass
+            except OSError:
+                os.close(fd)
+                raise
             os.close(fd)
-            raise
-        self._fd, self._written = fd, 0
+        raise OSError(errno.EEXIST, f"no free segment name in {directory}")
 
-    def _seal(self) -> None:
-        """Finish the open segment: fsync, unlock, close. It becomes replayable."""
-        if self._fd is None:
-            return
-        fd, self._fd = self._fd, None
-        # Other processes write here too: count the directory again before the next segment.
-        self._used = None
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-    def _abandon_segment(self) -> None:
+    def _detach(self) -> None:
+        """Stop appending to the open segment; ``seal_pending`` makes it durable and replayable."""
         if self._fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(self._fd)
-            self._fd = None
+            self._detached.append(self._fd)
+            self._fd = self._segment = None
+            self._written = 0
+        # Other processes write here too (or the directory went): count again before the next write.
+        self._used = None
+
+    def seal_pending(self) -> None:
+        """fsync and close the segments ``store`` filled, releasing their locks so they can be
+        replayed. The worker calls it on every turn (``store`` may run in the caller's thread,
+        which must never wait for an fsync). Never raises: disk errors are logged once a minute."""
+        with self._lock:
+            pending, self._detached = self._detached, []
+        for fd in pending:
+            try:
+                os.fsync(fd)
+            except OSError as exc:
+                self.warnings.warn("disk", "cannot make the spool durable in %s (%s)", self.directory, exc)
+            finally:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
 
     def close(self) -> None:
         """Make everything this process spooled replayable and durable (fsync). Later stores
-        (calls after shutdown) are sealed as they are written."""
+        (calls after shutdown) are sealed as they are written: no worker is left to do it."""
         with self._lock:
             self._closed = True
-            try:
-                self._seal()
-            except OSError as exc:
-                self._warn("disk", "cannot finish the spool segment in %s (%s)", self.directory, exc)
+            self._detach()
+        self.seal_pending()
 
     def after_fork_in_child(self) -> None:
-        """The child must not append to its parent's segment: forget it without touching it
-        (closing our copy of the descriptor leaves the parent's file and lock alone)."""
+        """The child must not append to its parent's segments: forget them without touching them
+        (closing our copies of the descriptors leaves the parent's files and locks alone)."""
         self._lock = threading.Lock()
-        if self._fd is not None:
+        for fd in [*self._detached, *([self._fd] if self._fd is not None else [])]:
             with contextlib.suppress(OSError):
-                os.close(self._fd)
-        self._fd = None
+                os.close(fd)
+        self._fd = self._segment = None
+        self._detached = []
         self._writer_token = secrets.token_hex(4)
         self._segment_number = 0
         self._used = None
@@ -332,38 +369,31 @@ class DiskSpool:
                         total += entry.stat().st_size
         return total
 
-    def _warn(self, kind: str, message: str, *args: Any) -> None:
-        now = time.monotonic()
-        if now - self._last_warning[kind] >= WARNING_INTERVAL:
-            self._last_warning[kind] = now
-            logger.warning(message, *args)
-
     # --- replaying -------------------------------------------------------------------------
 
     def segments(self) -> list[Path]:
-        """Every segment in the directory, oldest first."""
+        """Every segment in the directory, oldest first (by sequence number, not by clock)."""
         try:
-            names = sorted(
+            names = [
                 entry.name for entry in os.scandir(self.directory) if entry.name.endswith(SEGMENT_SUFFIX)
-            )
+            ]
         except OSError:  # no directory (yet), or not one: nothing to replay
             return []
-        return [self.directory / name for name in names]
+        return [self.directory / name for name in sorted(names, key=replay_order)]
 
     def claim(self) -> Iterator[SegmentReader]:
         """Lock and open, oldest first, each segment no other process (and no writer) holds.
 
-        Our own open segment is sealed first when it has data, so it can be replayed too.
+        Everything this process wrote is sealed first (its open segment when it has data, and
+        those ``store`` filled), so it can be replayed too.
         """
         with self._lock:
             self.has_unreplayed = False
-            if self._fd is not None and self._written:
-                try:
-                    self._seal()
-                except OSError as exc:
-                    self._warn("disk", "cannot finish the spool segment in %s (%s)", self.directory, exc)
+            if self._written:
+                self._detach()
+        self.seal_pending()
         for path in self.segments():
-            reader = SegmentReader.open(path)
+            reader = SegmentReader.open(path, self.warnings)
             if reader is not None:
                 if reader.corrupt:
                     # A segment claimed again (its replay was cut short) shows the same damage again.
@@ -378,18 +408,69 @@ class DiskSpool:
                 self._used = max(0, self._used - count)
 
 
-class SegmentReader:
-    """A segment locked for replay: its records after the last ack, then ack or delete it."""
+def _reachable(fd: int, path: Path) -> bool:
+    """Whether the file open as ``fd`` is still at ``path``, where later processes look for it:
+    not unlinked, nor its directory removed, moved or replaced."""
+    try:
+        opened = os.fstat(fd)
+        named = os.stat(path)
+    except OSError:
+        return False
+    return opened.st_nlink > 0 and (opened.st_dev, opened.st_ino) == (named.st_dev, named.st_ino)
 
-    def __init__(self, path: Path, fd: int, records: list[Record], corrupt: int, size: int) -> None:
+
+def _write_fully(fd: int, data: bytes) -> tuple[int, OSError | None]:
+    """Write all of ``data``; return how much was written and the error that stopped it."""
+    view = memoryview(data)
+    written = 0
+    while written < len(data):
+        try:
+            written += os.write(fd, view[written:])
+        except OSError as exc:
+            return written, exc
+    return written, None
+
+
+def _whole_frames(frames: list[bytes], written: int) -> int:
+    """How many of ``frames``, written one after the other, fit entirely in ``written`` bytes."""
+    count = 0
+    for frame in frames:
+        written -= len(frame)
+        if written < 0:
+            break
+        count += 1
+    return count
+
+
+def _highest_sequence(directory: Path) -> int:
+    with contextlib.suppress(OSError):
+        return max((sequence_of(entry.name) or 0 for entry in os.scandir(directory)), default=0)
+    return 0
+
+
+class SegmentReader:
+    """A segment locked for replay: its records after the last valid ack, then ack or delete it.
+    Neither ``ack`` nor ``delete`` raises: on a full or read-only disk the replay goes on."""
+
+    def __init__(
+        self,
+        path: Path,
+        fd: int,
+        records: list[Record],
+        corrupt: int,
+        size: int,
+        warnings: WarningThrottle = _shared_warnings,
+    ) -> None:
         self.path = path
         self._fd = fd
         self.records = records
+        #: Damaged places after the ack; a damaged ack counts as one.
         self.corrupt = corrupt
         self.size = size
+        self._warnings = warnings
 
     @classmethod
-    def open(cls, path: Path) -> SegmentReader | None:
+    def open(cls, path: Path, warnings: WarningThrottle = _shared_warnings) -> SegmentReader | None:
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
@@ -401,30 +482,52 @@ class SegmentReader:
                 raise FileNotFoundError(path)
             with os.fdopen(os.dup(fd), "rb") as file:
                 data = file.read()
-            records, corrupt = decode_records(data, _read_ack(path))
+            records, corrupt = unacknowledged(data, _read_ack(path))
         except OSError:
             os.close(fd)
             return None
-        return cls(path, fd, records, corrupt, len(data))
+        return cls(path, fd, records, corrupt, len(data), warnings)
 
-    def ack(self, end: int) -> None:
-        """Every record up to offset ``end`` is final."""
+    def ack(self, end: int) -> bool:
+        """Record that every record up to offset ``end`` is final; False when it cannot be written.
+
+        A full disk cannot take a new ack file, so the ack is then overwritten in place (same
+        size: no new blocks). When that fails too, the failure is logged at most once a minute and
+        the replay may go on: the records are final in this process, and a later replay resends
+        them from the last ack that was written (duplicates the idempotency keys absorb).
+        """
         ack = _ack_path(self.path)
-        temporary = ack.with_name(ack.name + ".new")
-        temporary.write_text(str(end))
-        os.replace(temporary, ack)
+        content = encode_ack(end)
+        try:
+            _replace_file(ack, content)
+            return True
+        except OSError as exc:
+            error = exc
+        with contextlib.suppress(OSError):
+            _overwrite_file(ack, content)
+            return True
+        self._warnings.warn("ack", "cannot record replay progress in %s (%s)", ack, error)
+        return False
 
-    def delete(self) -> None:
-        """Every record is final: remove the segment (while still holding its lock)."""
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(_ack_path(self.path))
-        self.release()
+    def delete(self) -> bool:
+        """Every record is final: remove the segment (while still holding its lock), then its
+        ack; True when it is gone. Never raises: a failure is logged once a minute."""
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(_ack_path(self.path))
+            return True
+        except OSError as exc:
+            self._warnings.warn("delete", "cannot delete the replayed segment %s (%s)", self.path, exc)
+            return False
+        finally:
+            self.release()
 
     def release(self) -> None:
         if self._fd >= 0:
-            os.close(self._fd)
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
             self._fd = -1
 
 
@@ -432,11 +535,41 @@ def _ack_path(segment: Path) -> Path:
     return segment.with_name(segment.name + ".ack")
 
 
-def _read_ack(segment: Path) -> int:
+def _read_ack(segment: Path) -> int | None:
     try:
-        return max(0, int(_ack_path(segment).read_text().strip() or 0))
-    except (OSError, ValueError):
+        with open(_ack_path(segment), "rb") as file:
+            return decode_ack(file.read(64))
+    except OSError:  # none yet (or unreadable): nothing acknowledged
         return 0
+
+
+def _replace_file(path: Path, content: bytes) -> None:
+    """Write ``path`` atomically: a new file renamed over the old one."""
+    temporary = path.with_name(path.name + ".new")
+    try:
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            _, error = _write_fully(fd, content)
+        finally:
+            os.close(fd)
+        if error is not None:
+            raise error
+        os.replace(temporary, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
+def _overwrite_file(path: Path, content: bytes) -> None:
+    """Overwrite an existing file of (about) the same size in place: needs no new blocks."""
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        if os.pwrite(fd, content, 0) != len(content):
+            raise OSError(errno.ENOSPC, "short write")
+        os.ftruncate(fd, len(content))
+    finally:
+        os.close(fd)
 
 
 # --- what the command line shows --------------------------------------------------------------
@@ -486,7 +619,6 @@ def purge(directory: Path) -> int:
     deleted = 0
     for path in DiskSpool(directory).segments():
         reader = SegmentReader.open(path)
-        if reader is not None:
-            reader.delete()
+        if reader is not None and reader.delete():
             deleted += 1
     return deleted

@@ -1,24 +1,29 @@
-"""The spool's record format and bookkeeping, with real files (and hypothesis for the model)."""
+"""The spool's record format, names and acks, and its bookkeeping with real files.
+
+Faults (removed directory, full disk, kills, clock steps) are in test_spool_faults.py; the model of
+interleaved writes, replays and faults in test_spool_model.py.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
-from flameup_analytics.message import Message
-from flameup_analytics.spool import (
+from flameup_analytics._spool_format import (
     SEGMENT_SUFFIX,
-    DiskSpool,
-    SegmentReader,
+    decode_ack,
     decode_records,
+    encode_ack,
     encode_record,
-    purge,
-    summarize,
+    replay_order,
+    segment_name,
+    unacknowledged,
 )
+from flameup_analytics.message import Message
+from flameup_analytics.spool import DiskSpool, SegmentReader, default_directories, purge, summarize
 
 
 def message(n: int, user: str = "user") -> Message:
@@ -37,6 +42,13 @@ def replay_all(directory: Path) -> list[Message]:
         replayed += [record.message for record in reader.records]
         reader.delete()
     return replayed
+
+
+def kill(spool: DiskSpool) -> None:
+    """What SIGKILL does to a spool's process: its descriptors close (locks go), nothing is sealed."""
+    for fd in [*spool._detached, *([spool._fd] if spool._fd is not None else [])]:
+        os.close(fd)
+    spool._fd, spool._detached = None, []
 
 
 def test_records_round_trip() -> None:
@@ -180,59 +192,112 @@ def test_summarize_and_purge(tmp_path: Path) -> None:
     assert summarize(tmp_path).messages == 0
 
 
-# --- the model: any sequence of appends, torn writes, replays and restarts ----------------------
-
-operations = st.lists(
-    st.one_of(
-        st.tuples(st.just("append"), st.integers(1, 5)),
-        st.tuples(st.just("torn"), st.integers(1, 60)),
-        st.tuples(st.just("crash"), st.just(0)),
-        st.tuples(st.just("replay"), st.integers(0, 4)),
-    ),
-    max_size=25,
-)
+# --- acks and names ---------------------------------------------------------------------------
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(operations)
-def test_every_complete_record_is_replayed_exactly_once(
-    tmp_path_factory: pytest.TempPathFactory, ops: list[tuple[str, int]]
+def test_an_ack_is_believed_only_at_the_end_of_an_intact_record() -> None:
+    data = b"".join(encode_record(message(n), 0) for n in range(3))
+    ends = [record.end for record in decode_records(data)[0]]
+    assert unacknowledged(data, 0) == (decode_records(data)[0], 0)
+    records, corrupt = unacknowledged(data, ends[0])
+    assert (keys([r.message for r in records]), corrupt) == (["key-1", "key-2"], 0)
+    for bad in (ends[0] + 1, len(data) + 1000, None):
+        records, corrupt = unacknowledged(data, bad)
+        assert (len(records), corrupt) == (3, 1), bad
+
+
+def test_damage_before_the_ack_is_not_counted_again() -> None:
+    first, second = encode_record(message(1), 0), encode_record(message(2), 0)
+    data = b"\xf1\x5e torn" + first + second
+    assert unacknowledged(data, 0)[1] == 1
+    assert unacknowledged(data, len(b"\xf1\x5e torn" + first)) == (decode_records(data)[0][1:], 0)
+
+
+def test_acks_have_a_fixed_width_and_older_acks_still_read() -> None:
+    assert len(encode_ack(7)) == len(encode_ack(1_000_000)) == 21
+    assert decode_ack(encode_ack(1234)) == 1234
+    assert decode_ack(b"1234") == 1234  # as the previous release wrote them
+    for damaged in (b"", b"-5", b"12ab", b"\x00\x00"):
+        assert decode_ack(damaged) is None
+
+
+def test_segments_replay_by_sequence_after_those_of_the_previous_release() -> None:
+    names = [
+        segment_name(10, "aaaa", 2),
+        "17000000000000000000-bbbb-000001.seg",  # the previous release: created ns
+        segment_name(2, "cccc", 1),
+        "0000-garbage.seg",
+        "16000000000000000000-dddd-000001.seg",
+    ]
+    assert sorted(names, key=replay_order) == [
+        "0000-garbage.seg",
+        "16000000000000000000-dddd-000001.seg",
+        "17000000000000000000-bbbb-000001.seg",
+        segment_name(2, "cccc", 1),
+        segment_name(10, "aaaa", 2),
+    ]
+
+
+# --- promises of docs/spool.md ----------------------------------------------------------------
+
+
+def test_summarize_reports_locked_segments_and_purge_leaves_them(tmp_path: Path) -> None:
+    finished = DiskSpool(tmp_path)
+    finished.store([message(1)])
+    finished.close()
+    live = DiskSpool(tmp_path)  # another process, still appending to its segment
+    live.store([message(2)])
+    summary = summarize(tmp_path)
+    assert (summary.segments, summary.messages, summary.locked) == (2, 1, 1)
+    assert purge(tmp_path) == 1
+    assert len(live.segments()) == 1
+    live.close()
+    assert keys(replay_all(tmp_path)) == ["key-2"]
+
+
+def test_different_hosts_or_workspaces_get_different_directories(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    directory = tmp_path_factory.mktemp("model")
-    spool = DiskSpool(directory, segment_bytes=300)
-    stored: list[str] = []
-    replayed: list[str] = []
-    counter = 0
-    for op, arg in ops:
-        if op == "append":
-            batch = [message(counter + n) for n in range(arg)]
-            counter += arg
-            assert spool.store(batch) == arg
-            stored += keys(batch)
-        elif op == "torn":
-            # A write cut short by a crash: part of a record at the end of the open segment.
-            frame = encode_record(message(10_000 + counter), 0)
-            counter += 1
-            spool.store([])  # nothing, but makes sure a segment may exist
-            if spool._fd is not None:
-                os.write(spool._fd, frame[: min(arg, len(frame) - 1)])
-        elif op == "crash":
-            # The process dies: its lock goes, nothing is sealed, a new process takes over.
-            spool._abandon_segment()
-            spool = DiskSpool(directory, segment_bytes=300)
-        else:
-            # A replay that stops after `arg` acked records, as a process killed mid-replay would.
-            for reader in spool.claim():
-                done = reader.records[:arg]
-                replayed += [r.message.key for r in done]
-                if len(done) == len(reader.records):
-                    reader.delete()
-                else:
-                    if done:
-                        reader.ack(done[-1].end)
-                    reader.release()
-                break
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    first = default_directories("https://api.flameup.com", "ws_a")
+    assert default_directories("https://api.flameup.com", "ws_a") == first
+    others = [
+        default_directories("https://api.flameup.com", "ws_b"),
+        default_directories("https://eu.api.flameup.com", "ws_a"),
+        default_directories("https://api.flameup.com", None),
+    ]
+    every = {first[0], first[1]} | {directory for pair in others for directory in pair}
+    assert len(every) == 8
+    assert all(d.parent == tmp_path / "flameup-analytics" for d in (first[0], *(o[0] for o in others)))
+
+
+def test_the_body_and_its_timestamp_survive_the_disk(tmp_path: Path) -> None:
+    body = b'{"userId":"u","event":"clicked","timestamp":"2026-03-29T01:30:00.123456+11:00"}'
+    original = Message("track", "u", body, "key-ts")
+    spool = DiskSpool(tmp_path)
+    spool.store([original])
     spool.close()
-    replayed += keys(replay_all(directory))
-    assert sorted(replayed) == sorted(stored)
-    assert len(replayed) == len(set(replayed))
+    (reader,) = DiskSpool(tmp_path).claim()
+    (record,) = reader.records
+    assert record.message == original  # byte for byte: the timestamp is the one track() stamped
+    reader.release()
+
+
+def test_disk_and_cap_warnings_are_logged_at_most_once_a_minute(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    now = [1000.0]
+    blocker = tmp_path / "a-file"
+    blocker.write_text("where the spool directory should be")
+    broken = DiskSpool(blocker / "spool")
+    full = DiskSpool(tmp_path / "full", max_bytes=0)
+    for spool in (broken, full):
+        spool.warnings.clock = lambda: now[0]
+    with caplog.at_level(logging.WARNING, logger="flameup_analytics"):
+        for seconds in (0, 1, 59, 60, 61, 119):
+            now[0] = 1000.0 + seconds
+            assert broken.store([message(seconds)]) == 0
+            assert full.store([message(seconds)]) == 0
+    logged = [r.getMessage() for r in caplog.records]
+    assert len([m for m in logged if "cannot write the spool" in m]) == 2  # at 0 s and 60 s
+    assert len([m for m in logged if "the spool is full" in m]) == 2

@@ -1,0 +1,139 @@
+"""Internal. The bytes and names of a spool directory: records, acks and segment names (no I/O).
+
+- A record is ``MAGIC (2 bytes) | payload length (u32) | crc32 of payload (u32) | payload``, the
+  payload being msgpack ``[kind, user id, key, body, spooled-at]``. A torn write or garbage fails
+  the length or CRC check; the reader then skips ahead to the next MAGIC, so one bad record never
+  hides the good ones after it.
+- An ack is the offset up to which every record of a segment is final, as a fixed-width decimal
+  (so it can be overwritten in place, without new blocks, when the disk is full). It is only
+  believed when it is 0 or the end of an intact record.
+- A segment is named ``<sequence>-<writer>-<n>.seg``: the sequence orders segments in a directory
+  without the wall clock. The previous release named them ``<created ns>-<writer>-<n>.seg``; those
+  are older than any sequence-named segment and replay first.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+import zlib
+from dataclasses import dataclass
+
+import msgpack
+
+from .message import Message, Queued, key_of
+
+MAGIC = b"\xf1\x5e"
+_HEADER = struct.Struct(">2sII")
+#: Largest payload a reader accepts; anything larger is a corrupt length field.
+MAX_RECORD_BYTES = 16 * 1024 * 1024
+SEGMENT_SUFFIX = ".seg"
+_SEQUENCE_WIDTH = 12
+_SEQUENCED = re.compile(rf"(\d{{{_SEQUENCE_WIDTH}}})-")
+_ACK_WIDTH = 20
+
+
+def encode_record(message: Queued, created: float) -> bytes:
+    kind, user_id, body, _ = message
+    payload: bytes = msgpack.packb([kind, user_id, key_of(message), body, created], use_bin_type=True)
+    return _HEADER.pack(MAGIC, len(payload), zlib.crc32(payload)) + payload
+
+
+@dataclass(frozen=True)
+class Record:
+    message: Message
+    #: When the message was spooled (``time.time()``; shown by ``spool inspect``, never used to order).
+    created: float
+    #: The offset just past this record: an ack up to here makes it final.
+    end: int
+
+
+def decode_records(data: bytes, start: int = 0) -> tuple[list[Record], int]:
+    """Every intact record of ``data`` from ``start`` on, and how many damaged places were skipped."""
+    records, damage = _scan(data, start)
+    return records, len(damage)
+
+
+def unacknowledged(data: bytes, ack: int | None) -> tuple[list[Record], int]:
+    """The records of a segment after its ack, and the damaged places among them.
+
+    ``ack`` (None: the ack file did not hold a number) is believed only when it is 0 or the end of
+    an intact record; any other value is one more damaged place and acknowledges nothing, so the
+    whole segment is sent again (the idempotency keys make the duplicates harmless).
+    """
+    records, damage = _scan(data, 0)
+    if ack is not None and (ack == 0 or any(record.end == ack for record in records)):
+        return [record for record in records if record.end > ack], sum(1 for at in damage if at >= ack)
+    return records, len(damage) + 1
+
+
+def _scan(data: bytes, start: int) -> tuple[list[Record], list[int]]:
+    """The intact records from ``start`` on, and where each damaged stretch begins."""
+    records: list[Record] = []
+    damage: list[int] = []
+    offset = start
+    size = len(data)
+    damaged = False  # one damaged stretch counts once, however many false starts it holds
+    while offset < size:
+        record = _decode_at(data, offset)
+        if record is not None:
+            records.append(record)
+            offset = record.end
+            damaged = False
+            continue
+        if not damaged:
+            damage.append(offset)
+            damaged = True
+        found = data.find(MAGIC, offset + 1)
+        if found < 0:
+            break
+        offset = found
+    return records, damage
+
+
+def _decode_at(data: bytes, offset: int) -> Record | None:
+    if offset + _HEADER.size > len(data):
+        return None
+    magic, length, crc = _HEADER.unpack_from(data, offset)
+    start = offset + _HEADER.size
+    end = start + length
+    if magic != MAGIC or length > MAX_RECORD_BYTES or end > len(data):
+        return None
+    payload = data[start:end]
+    if zlib.crc32(payload) != crc:
+        return None
+    try:
+        kind, user_id, key, body, created = msgpack.unpackb(payload, raw=False)
+    except (ValueError, TypeError, msgpack.UnpackException):
+        return None
+    if kind not in ("track", "identify") or not isinstance(body, bytes):
+        return None
+    return Record(Message(kind, str(user_id), body, str(key)), float(created), end)
+
+
+def encode_ack(end: int) -> bytes:
+    return b"%0*d\n" % (_ACK_WIDTH, end)
+
+
+def decode_ack(text: bytes) -> int | None:
+    """The offset an ack file holds; None when it holds anything but a plain decimal number."""
+    digits = text.strip()
+    return int(digits) if digits.isdigit() else None
+
+
+def segment_name(sequence: int, writer: str, number: int) -> str:
+    return f"{sequence:0{_SEQUENCE_WIDTH}d}-{writer}-{number:06d}{SEGMENT_SUFFIX}"
+
+
+def sequence_of(name: str) -> int | None:
+    """The sequence number of a segment named by this release; None for any other name."""
+    match = _SEQUENCED.match(name)
+    return int(match.group(1)) if match else None
+
+
+def replay_order(name: str) -> tuple[int, int, str]:
+    """Sort key of segment names, oldest first. Names of the previous release (and any other
+    ``.seg`` name) come first, in name order (their fixed-width creation time); then this
+    release's, by sequence."""
+    sequence = sequence_of(name)
+    return (0, 0, name) if sequence is None else (1, sequence, name)
