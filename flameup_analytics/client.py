@@ -156,6 +156,8 @@ class Client:
         self._shutdown_lock = threading.Lock()
         #: Accepted messages that never entered the queue (queue full, sync mode, closed).
         self._bypassed = 0
+        #: The ledger's count of messages that did not reach the API, when flush() last returned.
+        self._flush_baseline = 0
         #: One flag for the hot path: anything but "queue it" takes the slow branch.
         self._queue_directly = self._may_queue_directly()
 
@@ -237,6 +239,7 @@ class Client:
                 flush_interval=self.flush_interval,
                 max_concurrency=self.max_concurrency,
                 spool=self._spool,
+                retry=self.retry,
                 idle_timeout=self.worker_idle_timeout,
                 may_retire=self._retire_worker,
             )
@@ -298,6 +301,9 @@ class Client:
                 return outcome.response.json()
             except ValueError as exc:
                 raise APIError(f"the API answered with invalid JSON: {exc}", status=outcome.status) from exc
+        if outcome.result is Result.MISCONFIGURED:
+            assert outcome.error is not None
+            raise outcome.error
         if outcome.response is not None:
             raise api_error(outcome.response)
         raise APIError(f"no answer from the API after {outcome.attempts} attempt(s): {outcome.error}")
@@ -343,14 +349,22 @@ class Client:
     # --- flush, shutdown, stats ------------------------------------------------------------------
 
     def flush(self, timeout: float = 10.0) -> bool:
-        """Deliver what was enqueued before this call. True when every such message reached a
-        final state (delivered, rejected, spooled or dropped) within ``timeout`` seconds, else False.
-        Never raises, never waits longer than ``timeout``."""
+        """Deliver what was enqueued before this call, waiting at most ``timeout`` seconds.
+
+        True only when every such message reached the API (delivered, or rejected by it) and no
+        message was spooled or dropped since the previous ``flush()`` returned; False when the
+        deadline passed first, or when something went to the spool (replayed later) or was
+        dropped: ``stats()`` and ``on_error`` say which. Never raises, never waits longer.
+        """
         try:
+            baseline = self._flush_baseline
             worker = self._worker
             if worker is None:
-                return len(self._queue) == 0
-            return worker.wait_settled(self._queue.mark(), max(0.0, timeout))
+                settled = len(self._queue) == 0
+            else:
+                settled = worker.wait_settled(self._queue.mark(), max(0.0, timeout))
+            self._flush_baseline = unreached = self._ledger.unreached
+            return settled and unreached == baseline
         except Exception:
             logger.exception("flush() failed")
             return False
@@ -408,11 +422,12 @@ class Client:
                 if not worker.join(deadline - time.monotonic()):
                     leftovers, tried = worker.take_unsettled()
                     if leftovers:
+                        error = DeliveryError("shutdown", "the shutdown deadline passed")
+                        kept = self._ledger.hand_on(leftovers, error, tried)
                         logger.warning(
-                            "shutdown deadline reached with %d message(s) undelivered", len(leftovers)
-                        )
-                        self._ledger.hand_on(
-                            leftovers, DeliveryError("shutdown", "the shutdown deadline passed"), tried
+                            "shutdown deadline reached with %d message(s) undelivered: %s",
+                            len(leftovers),
+                            self._where_left(kept, len(leftovers) - kept),
                         )
             if self._spool is not None:
                 self._spool.close()
@@ -420,6 +435,18 @@ class Client:
                 self._transport.close()
         except Exception:
             logger.exception("shutdown() failed")
+
+    def _where_left(self, spooled: int, dropped: int) -> str:
+        where = []
+        if spooled:
+            assert self._spool is not None
+            where.append(
+                f"{spooled} spooled to {self._spool.directory} (delivered by the next process that uses it)"
+            )
+        if dropped:
+            why = "the disk spool is off" if self._spool is None else "the disk spool is full or failing"
+            where.append(f"{dropped} dropped ({why}; see on_error and stats().dropped)")
+        return ", ".join(where)
 
     def stats(self) -> Stats:
         """A snapshot of this client's counters (see :class:`Stats`)."""

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .errors import APIError, FlameupError, TransportError
+from .errors import APIError, ConfigurationError, FlameupError, TransportError
 from .retry import AUTH_STATUSES, RetryPolicy, parse_retry_after
 from .transport import Request, Response, Transport
 
@@ -24,6 +24,8 @@ class Result(enum.Enum):
     UNAUTHORIZED = "unauthorized"
     #: 3xx: the host is wrong (say, http:// redirected to https://); kept for when it is fixed.
     MISDIRECTED = "misdirected"
+    #: The transport cannot send as configured (say, a proxy it cannot use); kept for when it is fixed.
+    MISCONFIGURED = "misconfigured"
     #: The retry budget, the deadline or a too-long ``Retry-After`` ended the retries.
     EXHAUSTED = "exhausted"
     #: Shutdown interrupted a wait between attempts.
@@ -81,6 +83,8 @@ def deliver(
             response = transport.send(request, attempt_timeout)
         except TransportError as exc:
             error: FlameupError = exc
+        except ConfigurationError as exc:
+            return Outcome(Result.MISCONFIGURED, attempts, error=exc)
         else:
             status = response.status
             if 200 <= status < 300:

@@ -51,6 +51,15 @@ NOT_TRIED: Tried = (0, None)
 #: Warnings about lost messages are repeated at most this often, so a long outage can't flood logs.
 WARNING_INTERVAL = 60.0
 
+#: What to check, by the status of a rejection.
+_REJECTION_HINTS = {
+    400: ": the API refused the message's content",
+    404: ": a wrong workspace or host? check FLAMEUP_WORKSPACE_ID / workspace_id and FLAMEUP_HOST / host",
+    405: ": a wrong host? check FLAMEUP_HOST / host",
+    413: ": the message is too large for the API; lower max_message_bytes",
+    422: ": the API refused the message's content",
+}
+
 
 @dataclass(frozen=True)
 class Stats:
@@ -92,7 +101,6 @@ class Ledger:
         self._on_error = on_error
         self._on_outcome = on_outcome
         self._lock = threading.Lock()
-        self.enqueued = 0
         self.delivered = 0
         self.rejected = 0
         self.retried = 0
@@ -100,9 +108,16 @@ class Ledger:
         self.spooled = 0
         self.replayed = 0
         self.internal_errors = 0
+        #: Live messages that did not reach the API (spooled or dropped): flush() compares it.
+        self.unreached = 0
         self._last_warning = -WARNING_INTERVAL
         self._auth_failure_logged = False
         self._misdirection_logged = False
+        self._misconfiguration_logged = False
+        #: Whether the current outage was announced; the next delivery ends it.
+        self._outage_logged = False
+        #: Rejections counted since the last warning about them, and when that was, by status.
+        self._rejections: dict[int | None, tuple[int, float]] = {}
 
     def snapshot(self, queued: int, enqueued: int, corrupt: int) -> Stats:
         with self._lock:
@@ -137,18 +152,47 @@ class Ledger:
         if result is Result.DELIVERED:
             with self._lock:
                 self.delivered += 1
+                ended_outage, self._outage_logged = self._outage_logged, False
+            if ended_outage:
+                logger.warning("the Flameup API answers again: delivery resumed")
             self._announce([message], "delivered", [outcome.tried], None)
         elif result is Result.REJECTED:
             assert outcome.error is not None
             with self._lock:
                 self.rejected += 1
-            logger.debug("a message was rejected by the API: %s", outcome.error)
+            self._warn_rejection(outcome)
             self._announce([message], "rejected", [outcome.tried], outcome.error)
             self.report(outcome.error, [message])
         else:
             self.hand_on([message], self.undelivered_error(outcome), [outcome.tried])
 
+    def _warn_rejection(self, outcome: Outcome) -> None:
+        """A rejection is never silent: a warning per status at most once a minute, with a count."""
+        status = outcome.status
+        now = time.monotonic()
+        with self._lock:
+            since, last = self._rejections.get(status, (0, -WARNING_INTERVAL))
+            since += 1
+            due = now - last >= WARNING_INTERVAL
+            self._rejections[status] = (0, now) if due else (since, last)
+        if due:
+            logger.warning(
+                "the Flameup API rejected %d message(s) for good (%s)%s. Rejected messages are not "
+                "retried: see stats().rejected and on_error. Logged at most once a minute per status.",
+                since,
+                outcome.error,
+                _REJECTION_HINTS.get(status or 0, ""),
+            )
+
     def undelivered_error(self, outcome: Outcome) -> DeliveryError:
+        if outcome.result is Result.MISCONFIGURED:
+            if not self._misconfiguration_logged:
+                self._misconfiguration_logged = True
+                logger.error(
+                    "messages cannot be sent: %s. Messages are kept, not dropped. Logged once per client.",
+                    outcome.error,
+                )
+            return DeliveryError("misconfigured", "the client cannot send as configured", outcome.error)
         if outcome.result is Result.UNAUTHORIZED:
             if not self._auth_failure_logged:
                 self._auth_failure_logged = True
@@ -172,12 +216,29 @@ class Ledger:
             return DeliveryError("misdirected", "the API redirected the request", outcome.error)
         if outcome.result is Result.ABORTED:
             return DeliveryError("shutdown", "shutdown interrupted the retries", outcome.error)
+        with self._lock:
+            announce, self._outage_logged = not self._outage_logged, True
+        if announce:
+            logger.warning(
+                "the Flameup API is unreachable or failing (%s): undelivered messages %s. "
+                "Logged once per outage.",
+                outcome.error,
+                self.where_kept(),
+            )
         return DeliveryError(
             "retries_exhausted", f"not delivered after {outcome.attempts} attempt(s)", outcome.error
         )
 
-    def hand_on(self, messages: Sequence[Queued], error: FlameupError, tried: Sequence[Tried] = ()) -> None:
-        """Spool what the spool takes; drop (count, warn, report) the rest.
+    def where_kept(self) -> str:
+        """Where a message handed on goes, in words, for log lines."""
+        directory = getattr(self._spool, "directory", None)
+        if directory is None:
+            return "are dropped (the disk spool is off: spool_dir=False)"
+        return f"go to the disk spool in {directory} and are replayed when the API answers again"
+
+    def hand_on(self, messages: Sequence[Queued], error: FlameupError, tried: Sequence[Tried] = ()) -> int:
+        """Spool what the spool takes; drop (count, warn, report) the rest. Returns how many
+        were spooled.
 
         ``tried`` says, message by message from the first, what was attempted for it this time;
         the messages it does not reach were not attempted."""
@@ -192,6 +253,7 @@ class Ledger:
         with self._lock:
             self.spooled += kept
             self.dropped += len(lost)
+            self.unreached += len(messages)
             warn = bool(lost) and time.monotonic() - self._last_warning >= WARNING_INTERVAL
             if warn:
                 self._last_warning = time.monotonic()
@@ -206,12 +268,18 @@ class Ledger:
         self._announce(lost, "dropped", tried[kept:], error)
         if lost:
             self.report(error, lost)
+        return kept
 
-    def left_in_spool(self, messages: Sequence[Queued], tried: Sequence[Tried] = ()) -> None:
-        """Replayed messages abandoned at shutdown: still in their segment, so spooled again."""
+    def left_in_spool(
+        self, messages: Sequence[Queued], error: DeliveryError, tried: Sequence[Tried] = ()
+    ) -> None:
+        """Replayed messages that stay where they are, in their segment (not written again, so
+        the spool's cap can never drop them): spooled, as before they were read."""
+        if not messages:
+            return
         with self._lock:
             self.spooled += len(messages)
-        self._announce(messages, "spooled", tried, DeliveryError("shutdown", "the shutdown deadline passed"))
+        self._announce(messages, "spooled", tried, error)
 
     def _announce(
         self,

@@ -9,6 +9,7 @@ starts when the last one is settled, so per-user order also holds across batches
 from __future__ import annotations
 
 import contextlib
+import enum
 import functools
 import itertools
 import logging
@@ -23,11 +24,24 @@ from .errors import DeliveryError, FlameupError
 from .ledger import NOT_TRIED, Ledger, Tried
 from .message import USER_ID, Queued
 from .queue import MessageQueue
+from .retry import RetryPolicy, parse_retry_after
 from .spool import DiskSpool, SegmentReader
 
 logger = logging.getLogger("flameup_analytics")
 
 DeliverFn = Callable[[Queued, threading.Event, Callable[[], None]], Outcome]
+
+
+class ReplayEnd(enum.Enum):
+    """How a replay pass ended."""
+
+    #: Every record this process could claim is final (delivered or rejected): nothing left.
+    DRAINED = "drained"
+    #: Live traffic waits, or shutdown began: come back to it right after.
+    PAUSED = "paused"
+    #: A replayed message could not be delivered: the API is down again. The rest stays on disk
+    #: and the next pass waits for a backoff, or for live delivery to succeed.
+    FAILED = "failed"
 
 
 class _SenderPool:
@@ -102,6 +116,7 @@ class Worker:
         flush_interval: float,
         max_concurrency: int,
         spool: DiskSpool | None = None,
+        retry: RetryPolicy | None = None,
         replay_interval: float = 30.0,
         idle_timeout: float = 60.0,
         may_retire: Callable[[Worker], bool] | None = None,
@@ -130,10 +145,16 @@ class Worker:
         self._replay_due = 0.0  # monotonic time of the next look at the spool: at once, on start
         self._last_failure = 0.0
         self._last_success = 0.0
-        #: Counts finished replay passes, and whether the last one emptied what it could claim.
+        #: Counts finished replay passes, and how the last one ended.
         self._replay_passes = 0
-        self._replay_drained = False
+        self._replay_end: ReplayEnd | None = None
         self._replay_requested = False
+        #: Set when a replayed message failed: the chains of the pass stop taking new ones.
+        self._replay_halted = False
+        #: The waits between failed passes: the client's retry policy, as for a message.
+        self._retry = retry or RetryPolicy()
+        self._replay_waits = self._retry.waits()
+        self._replay_retry_after = 0.0
         #: Replayed messages get negative sequence numbers: flush() does not wait for them.
         self._replay_seqs = itertools.count(-1, -1)
         self.abort = threading.Event()
@@ -174,7 +195,9 @@ class Worker:
             abandoned_tried: list[Tried] = [(self._attempts.get(seq, 0), None) for seq in replayed]
             unsettled += self._queue.take_all()
             self._settled.notify_all()
-        self._ledger.left_in_spool(abandoned, abandoned_tried)
+        self._ledger.left_in_spool(
+            abandoned, DeliveryError("shutdown", "the shutdown deadline passed"), abandoned_tried
+        )
         return unsettled, tried
 
     # --- flush -------------------------------------------------------------------------------
@@ -230,34 +253,37 @@ class Worker:
     def _deliver_batch(self) -> None:
         with self._settled:
             first, batch = self._queue.take(self._batch_size)
-        self._deliver_messages(list(enumerate(batch, first)))
+        self._deliver_messages(list(enumerate(batch, first)), replaying=False)
 
-    def _deliver_messages(self, entries: list[tuple[int, Queued]]) -> bool:
-        """Deliver numbered messages, one chain per user; True if all were delivered or rejected."""
+    def _deliver_messages(self, entries: list[tuple[int, Queued]], *, replaying: bool) -> set[int]:
+        """Deliver numbered messages, one chain per user; return the numbers of those that did not
+        reach the API (handed on, or, when ``replaying``, left in their segment)."""
         chains: dict[str, list[tuple[int, Queued]]] = {}
         with self._settled:
             for seq, message in entries:
                 self._pending[seq] = message
                 chains.setdefault(message[USER_ID], []).append((seq, message))
         logger.debug("delivering a batch of %d message(s) for %d user(s)", len(entries), len(chains))
-        results: list[bool] = []
-        self._pool.run([functools.partial(self._run_chain, chain, results) for chain in chains.values()])
-        return all(results)
-
-    def _run_chain(self, chain: list[tuple[int, Queued]], results: list[bool]) -> None:
-        results.append(self._deliver_chain(chain))
+        unreached: set[int] = set()
+        self._pool.run(
+            [functools.partial(self._deliver_chain, chain, unreached, replaying) for chain in chains.values()]
+        )
+        return unreached
 
     def _retire(self) -> bool:
         """End the thread of a long-idle worker (many short-lived clients must not pile up
         threads), unless the spool still holds work for it or the client refuses."""
-        if self._spool is not None and (self._spool.has_unreplayed or not self._replay_drained):
+        if self._spool is not None and (
+            self._spool.has_unreplayed or self._replay_end is not ReplayEnd.DRAINED
+        ):
             return False
         return self._may_retire is not None and self._may_retire(self)
 
     # --- replay ------------------------------------------------------------------------------
 
     def replay_spool(self, timeout: float) -> bool:
-        """Replay the spool now; True once a replay pass emptied everything it could claim."""
+        """Replay the spool now. True once a pass left nothing this process could claim; False
+        when a pass failed (the API is down again: no new pass is forced) or at the deadline."""
         deadline = time.monotonic() + timeout
         with self._settled:
             while True:
@@ -268,8 +294,8 @@ class Worker:
                     deadline - time.monotonic(),
                 ):
                     return False
-                if self._replay_drained:
-                    return True
+                if self._replay_end is not ReplayEnd.PAUSED:
+                    return self._replay_end is ReplayEnd.DRAINED
 
     def _replay_pass_after(self, passes: int) -> bool:
         return self._replay_passes > passes
@@ -279,56 +305,84 @@ class Worker:
         if self._spool is None or self.abort.is_set():
             return
         now = time.monotonic()
-        recovered = self._last_success > self._last_failure and self._spool.has_unreplayed
+        recovered = self._last_success > self._last_failure and (
+            self._spool.has_unreplayed or self._replay_end is ReplayEnd.FAILED
+        )
         if now < self._replay_due and not recovered and not self._replay_requested:
             return
         self._replay_requested = False
-        self._replay_due = now + self._replay_interval
-        drained = True
+        self._replay_halted = False
+        end = ReplayEnd.DRAINED
         try:
             for reader in self._spool.claim():
                 try:
-                    if not self._replay_segment(reader):
-                        drained = False
-                        break
+                    end = self._replay_segment(reader)
                 finally:
                     reader.release()
+                if end is not ReplayEnd.DRAINED:
+                    break
         finally:
+            self._schedule_next_replay(end)
             with self._settled:
                 self._replay_passes += 1
-                self._replay_drained = drained
+                self._replay_end = end
                 self._settled.notify_all()
 
-    def _replay_segment(self, reader: SegmentReader) -> bool:
-        """Replay one locked segment; False when replay should stop for now."""
+    def _schedule_next_replay(self, end: ReplayEnd) -> None:
+        now = time.monotonic()
+        if end is ReplayEnd.PAUSED:
+            self._replay_due = 0.0  # live traffic first; come back right after it
+        elif end is ReplayEnd.DRAINED:
+            self._replay_waits = self._retry.waits()
+            self._replay_due = now + self._replay_interval
+        else:
+            # The same backoff as a message's retries (and no sooner than a Retry-After), so a
+            # down API never sees a replay storm; live delivery succeeding cuts it short.
+            wait = min(next(self._replay_waits), self._replay_interval)
+            self._replay_due = now + max(wait, self._replay_retry_after)
+            self._replay_retry_after = 0.0
+
+    def _replay_segment(self, reader: SegmentReader) -> ReplayEnd:
+        """Replay one locked segment. Its records are acknowledged up to the last one of an
+        unbroken run of final ones; those that did not reach the API stay in it, in order (they
+        are never written again, so the spool's cap cannot drop them)."""
         records = reader.records
         for start in range(0, len(records), self._batch_size):
             if self.abort.is_set() or self._stopping or len(self._queue) >= self._batch_size:
-                self._replay_due = 0.0  # live traffic first; come back right after it
-                return False
+                return ReplayEnd.PAUSED
             chunk = records[start : start + self._batch_size]
             self._ledger.count_replayed(len(chunk))
-            healthy = self._deliver_messages([(next(self._replay_seqs), r.message) for r in chunk])
-            if self.abort.is_set():
-                return False  # not acked: the messages stay in the segment
-            reader.ack(chunk[-1].end)  # each one was delivered, rejected or spooled again
-            if not healthy:
-                return False
+            seqs = [next(self._replay_seqs) for _ in chunk]
+            unreached = self._deliver_messages(
+                [(seq, record.message) for seq, record in zip(seqs, chunk, strict=True)], replaying=True
+            )
+            final = next((index for index, seq in enumerate(seqs) if seq in unreached), len(chunk))
+            if final:
+                # An ack that cannot be written (a full disk) costs duplicates after a crash,
+                # nothing more: the pass goes on from memory, and a finished segment is deleted.
+                reader.ack(chunk[final - 1].end)
+            if final < len(chunk):
+                return ReplayEnd.PAUSED if self.abort.is_set() else ReplayEnd.FAILED
         assert self._spool is not None
         self._spool.forget_bytes(reader.size)
         reader.delete()
-        return True
+        return ReplayEnd.DRAINED
 
     # --- one user's messages -----------------------------------------------------------------
 
-    def _deliver_chain(self, chain: list[tuple[int, Queued]]) -> bool:
-        """Deliver one user's messages in order; True if each was delivered or rejected.
+    def _deliver_chain(self, chain: list[tuple[int, Queued]], unreached: set[int], replaying: bool) -> None:
+        """Deliver one user's messages in order; add those that did not reach the API to
+        ``unreached``.
 
         If one cannot be delivered now, neither can the ones after it: they are handed on with
-        it, so the spool keeps them in order."""
+        it, so the spool keeps them in order (replayed ones stay in their segment instead)."""
         for index, (seq, message) in enumerate(chain):
             if self.abort.is_set():
-                return False
+                unreached.update(s for s, _ in chain[index:])
+                return
+            if replaying and self._replay_halted:
+                self._leave_in_spool(chain[index:], None, unreached)
+                return
             self._attempts[seq] = 0
             try:
                 outcome = self._deliver(message, self.abort, functools.partial(self._count_attempt, seq))
@@ -346,6 +400,12 @@ class Worker:
                         self._ledger.record(message, outcome)
                 continue
             self._last_failure = time.monotonic()
+            if replaying:
+                self._replay_halted = True
+                self._replay_retry_after = self._retry_after(outcome)
+                self._leave_in_spool(chain[index:], outcome, unreached)
+                return
+            unreached.update(s for s, _ in chain[index:])
             with self._settling([s for s, _ in chain[index:]]) as claimed:
                 if claimed:
                     error: DeliveryError = self._ledger.undelivered_error(outcome)
@@ -353,8 +413,28 @@ class Worker:
                     # Only this one was tried: those behind it were handed on untried.
                     tried = [outcome.tried if s == seq else NOT_TRIED for s, _ in rest]
                     self._ledger.hand_on([m for _, m in rest], error, tried)
-            return False
-        return True
+            return
+
+    def _leave_in_spool(
+        self, entries: list[tuple[int, Queued]], outcome: Outcome | None, unreached: set[int]
+    ) -> None:
+        """Replayed messages that did not reach the API stay where they are, in their segment."""
+        unreached.update(seq for seq, _ in entries)
+        with self._settling([seq for seq, _ in entries]) as claimed:
+            if claimed:
+                if outcome is None:
+                    error = DeliveryError("retries_exhausted", "the replay stopped: the API is failing")
+                    tried: list[Tried] = [NOT_TRIED] * len(claimed)
+                else:
+                    error = self._ledger.undelivered_error(outcome)
+                    tried = [outcome.tried] + [NOT_TRIED] * (len(claimed) - 1)
+                self._ledger.left_in_spool([m for s, m in entries if s in claimed], error, tried)
+
+    @staticmethod
+    def _retry_after(outcome: Outcome) -> float:
+        if outcome.response is None:
+            return 0.0
+        return parse_retry_after(outcome.response.header("Retry-After")) or 0.0
 
     def _count_attempt(self, seq: int) -> None:
         self._attempts[seq] = self._attempts.get(seq, 0) + 1

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -51,3 +52,20 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         monkeypatch.delenv(name, raising=False)
     # Default spool directories (and those of subprocesses) land in this test's own folder.
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
+    """Poll ``condition`` until it holds or ``timeout`` passes; whether it held."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def settled_short_of_the_api(client: fa.Client, timeout: float = 5.0) -> bool:
+    """Flush a client whose messages are expected to end spooled or dropped: flush() then says
+    False (not everything reached the API), yet every message is settled: nothing left in memory,
+    replayed ones included (flush() does not wait for those)."""
+    return client.flush(timeout=timeout) is False and wait_until(lambda: client.stats().queued == 0, timeout)

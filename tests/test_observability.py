@@ -15,7 +15,7 @@ import pytest
 import flameup_analytics as fa
 from flameup_analytics.testing import Fault, LocalServer
 
-from .conftest import ClientFactory
+from .conftest import ClientFactory, settled_short_of_the_api
 
 
 class Outcomes:
@@ -100,7 +100,7 @@ def test_exhausted_retries_with_a_spool_end_spooled(
         spool_dir=tmp_path / "spool",
     )
     client.track("u1", "clicked")
-    assert client.flush(timeout=5)
+    assert settled_short_of_the_api(client, timeout=5)
     (outcome,) = outcomes.received
     assert (outcome.result, outcome.status, outcome.attempts) == ("spooled", 503, 3)
     assert isinstance(outcome.error, fa.DeliveryError) and outcome.error.reason == "retries_exhausted"
@@ -116,7 +116,7 @@ def test_a_refused_key_ends_spooled_with_its_status(
     outcomes = Outcomes()
     client = make_client(on_outcome=outcomes, spool_dir=tmp_path / "spool")
     client.track("u1", "clicked")
-    assert client.flush(timeout=5)
+    assert settled_short_of_the_api(client, timeout=5)
     (outcome,) = outcomes.received
     assert (outcome.result, outcome.status, outcome.attempts) == ("spooled", 401, 1)
     assert isinstance(outcome.error, fa.DeliveryError) and outcome.error.reason == "unauthorized"
@@ -135,7 +135,7 @@ def test_without_a_spool_exhausted_retries_end_dropped(
         spool_dir=False,
     )
     client.track("u1", "clicked")
-    assert client.flush(timeout=5)
+    assert settled_short_of_the_api(client, timeout=5)
     (outcome,) = outcomes.received
     assert (outcome.result, outcome.status, outcome.attempts) == ("dropped", 500, 2)
     assert isinstance(outcome.error, fa.DeliveryError) and outcome.error.reason == "retries_exhausted"
@@ -148,7 +148,7 @@ def test_network_errors_end_with_no_status(server: LocalServer, make_client: Cli
     outcomes = Outcomes()
     client = make_client(on_outcome=outcomes, max_retries=1, spool_dir=False)
     client.track("u1", "clicked")
-    assert client.flush(timeout=5)
+    assert settled_short_of_the_api(client, timeout=5)
     (outcome,) = outcomes.received
     assert (outcome.result, outcome.status) == ("dropped", None)
     assert outcome.attempts >= 2  # a reused keep-alive connection may add one transparent attempt
@@ -183,7 +183,7 @@ def spool_one_message(server: LocalServer, make_client: ClientFactory, tmp_path:
     server.add_fault(Fault(status=503, times=None))
     first = make_client(max_retries=0, spool_dir=spool)
     first.track("u1", "clicked")
-    assert first.flush(timeout=5)
+    assert settled_short_of_the_api(first)
     first.shutdown(timeout=1)
     server.clear_faults()
     return spool
@@ -211,7 +211,7 @@ def test_outcomes_agree_with_stats(server: LocalServer, make_client: ClientFacto
     for index in range(10):
         client.track(f"u{index}", "clicked")
     client.identify("u1", {"plan": "pro"})
-    assert client.flush(timeout=5)
+    assert settled_short_of_the_api(client)
     counted = Counter(outcomes.results())
     stats = client.stats()
     assert counted == {"delivered": 7, "rejected": 3, "dropped": 1}
@@ -302,7 +302,7 @@ def test_messages_handed_on_behind_a_failed_one_report_no_attempt(
     client = make_client(on_outcome=outcomes, max_retries=1, spool_dir=False, flush_at=2, flush_interval=30)
     client.track("u1", "first")
     client.track("u1", "second")
-    assert client.flush(timeout=5)
+    assert settled_short_of_the_api(client)
     assert len(server.requests) == 2  # both attempts were for "first"; "second" was never sent
     first, second = outcomes.received
     assert (event_of(first), first.attempts, first.status) == ("first", 2, 503)
