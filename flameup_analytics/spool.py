@@ -254,9 +254,9 @@ class DiskSpool:
             if not self._reachable():
                 self._detach()
                 continue
-            assert self._used is not None
             self._written += written
-            self._used += written
+            if self._used is not None:  # else counted afresh, with this write, by the next store
+                self._used += written
             if error is not None or self._written >= self.segment_bytes:
                 self._detach()  # full, or a torn tail: the next write starts a new segment
             return _whole_frames(frames, written), error
