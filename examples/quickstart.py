@@ -21,9 +21,32 @@ def run(client: fa.Client) -> fa.Stats:
     client.track("user_123", "purchase_completed", {"amount": 99.99, "currency": "USD"})
     for index in range(20):
         client.track(f"user_{index}", "app_opened", {"build": 42})
-    delivered_all = client.flush(timeout=10)
-    print(f"flush(): {'everything delivered' if delivered_all else 'deadline passed first'}")
-    return client.stats()
+    client.flush(timeout=10)
+    stats = client.stats()
+    print(summary(stats))
+    return stats
+
+
+def summary(stats: fa.Stats) -> str:
+    """What happened to the messages, from stats(): flush() alone says only whether all reached the API."""
+    if stats.delivered == stats.enqueued:
+        return f"flush(): everything delivered ({stats.delivered} message(s))"
+    parts = [
+        f"{count} {what}"
+        for count, what in [
+            (stats.delivered, "delivered"),
+            (stats.rejected, "rejected by the API (see the log above)"),
+            (stats.spooled, "spooled to disk: the next run sends them (`flameup-analytics spool inspect`)"),
+            (stats.dropped, "dropped (see the log above)"),
+            (stats.queued, "still queued when flush() gave up"),
+        ]
+        if count
+    ]
+    return (
+        f"flush(): NOT everything delivered, of {stats.enqueued} message(s): "
+        + "; ".join(parts)
+        + ("\n  `flameup-analytics check` tells what is wrong with the setup")
+    )
 
 
 def main() -> int:
