@@ -1,0 +1,477 @@
+"""Delivery at the edges (issue 8): replay against a failing API, the spool's cap, idle workers,
+deadlines of sync mode and flush_after, the concurrency bound, exit with several clients, warnings.
+
+Real local server, real files and processes; MockTransport where the behaviour is a count.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from freezegun import freeze_time
+
+import flameup_analytics as fa
+from flameup_analytics import lifecycle
+from flameup_analytics.errors import DeliveryError
+from flameup_analytics.ledger import Ledger
+from flameup_analytics.message import Message
+from flameup_analytics.spool import DiskSpool, NoSpool, summarize
+from flameup_analytics.testing import Fault, LocalServer
+
+from .conftest import API_KEY, WORKSPACE, ClientFactory, settled_short_of_the_api, wait_until
+
+
+def track_body(user: str, n: int, timestamp: str = "2026-01-01T00:00:00.000Z") -> bytes:
+    return json.dumps(
+        {"external_id": user, "event": "e", "parameters": {"n": n}, "timestamp": timestamp}
+    ).encode()
+
+
+def fill_spool(directory: Path, count: int, users: int = 3, **options: Any) -> DiskSpool:
+    """Leave ``count`` messages in a spool directory, as an earlier process would have."""
+    spool = DiskSpool(directory, **options)
+    for n in range(count):
+        user = f"user_{n % users}"
+        assert spool.store([Message("track", user, track_body(user, n), f"key-{n}")]) == 1
+    spool.close()
+    return spool
+
+
+def numbers(server: LocalServer) -> list[int]:
+    return [request.json["parameters"]["n"] for request in server.tracks()]
+
+
+# --- replay against a failing API (items 1 and 7) -------------------------------------------------
+
+
+def test_a_failing_replay_at_the_cap_keeps_everything_on_disk(
+    server: LocalServer, make_client: ClientFactory, tmp_path: Path
+) -> None:
+    directory = tmp_path / "spool"
+    # An earlier process filled the spool to its cap during an outage.
+    first = make_client(spool_dir=directory, max_spool_bytes=4000, max_retries=0)
+    server.add_fault(Fault(status=503, times=None))
+    for n in range(60):
+        first.track(f"user_{n % 3}", "clicked", {"n": n})
+    assert settled_short_of_the_api(first)
+    first.shutdown()
+    kept = summarize(directory).messages
+    assert first.stats().dropped > 0 and kept == first.stats().spooled > 10
+
+    # The API is back but fails again during the replay: nothing on disk may be lost.
+    second = make_client(spool_dir=directory, max_spool_bytes=4000, max_retries=0)
+    assert second.replay_spool(timeout=5) is False
+    stats = second.stats()
+    assert stats.dropped == 0
+    assert stats.replayed == stats.spooled  # every replayed one is still spooled: left in place
+    assert summarize(directory).messages == kept
+
+    server.clear_faults()
+    assert second.replay_spool(timeout=10) is True
+    delivered = numbers(server)
+    assert sorted(delivered) == sorted(set(delivered)) and len(delivered) == kept
+    for user in range(3):  # each user's order holds across the failed and the good replay
+        mine = [n for n in delivered if n % 3 == user]
+        assert mine == sorted(mine)
+    assert summarize(directory).messages == 0
+
+
+@pytest.mark.parametrize("status", [503, 401])
+def test_replay_against_a_failing_api_is_no_request_storm(
+    server: LocalServer, make_client: ClientFactory, tmp_path: Path, status: int
+) -> None:
+    directory = tmp_path / "spool"
+    fill_spool(directory, 4)
+    server.add_fault(Fault(status=status, times=None))
+    client = make_client(spool_dir=directory, max_retries=2)
+    assert client.replay_spool(timeout=3) is False
+    # At most each spooled message with its retry budget, once; the old replay looped passes
+    # until its deadline, about 1,700 requests a second.
+    assert len(server.requests) <= 4 * 3
+    assert summarize(directory).messages == 4
+    assert client.stats().dropped == 0
+
+
+def test_replay_starts_when_the_api_recovers_not_at_the_next_timer(
+    server: LocalServer, make_client: ClientFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    directory = tmp_path / "spool"
+    fill_spool(directory, 5)
+    # Waits at their ceiling, no jitter: after the failed start-up pass the next one is due in
+    # 30 s (the replay interval caps the backoff), far beyond this test's deadline.
+    monkeypatch.setattr("backoff.full_jitter", lambda value: value)
+    outage = server.add_fault(Fault(status=503, times=1))
+    client = make_client(
+        spool_dir=directory, max_retries=0, retry=fa.RetryPolicy(max_retries=0, backoff_factor=60)
+    )
+    assert wait_until(lambda: outage.hits == 1)
+    assert wait_until(lambda: client.stats().spooled >= 1)  # the start-up pass failed
+    client.track("user_live", "clicked", {"n": 100})  # delivered: the API answers again
+    # (Records delivered during the failed pass were not acked behind the failed one: they may
+    # come twice, which their idempotency keys make harmless.)
+    assert wait_until(lambda: set(numbers(server)) == {0, 1, 2, 3, 4, 100}, timeout=10)
+
+
+def test_a_replay_cut_short_by_a_kill_resumes_after_its_ack(server: LocalServer, tmp_path: Path) -> None:
+    directory = tmp_path / "spool"
+    fill_spool(directory, 60, users=60)
+    server.latency = 0.02
+    script = textwrap.dedent(
+        f"""
+        import sys
+        import flameup_analytics as fa
+        client = fa.Client(api_key={API_KEY!r}, workspace_id={WORKSPACE!r}, host={server.url!r},
+                           spool_dir={str(directory)!r}, flush_at=10, max_concurrency=2)
+        sys.stdin.read()
+        """
+    )
+    replayer = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE)
+    try:
+        assert server.wait_for(11, timeout=30, kind="track")  # one chunk of 10 acked, at least
+    finally:
+        replayer.send_signal(signal.SIGKILL)
+        replayer.wait(timeout=30)
+    delivered_before = len(server.tracks())
+    server.latency = 0.0
+    resumed = fa.Client(api_key=API_KEY, host=server.url, spool_dir=directory, flush_at=10)
+    try:
+        assert resumed.replay_spool(timeout=20)
+    finally:
+        resumed.shutdown()
+    assert set(numbers(server)) == set(range(60))
+    duplicates = len(server.tracks()) - 60
+    # Only the chunk in flight at the kill is sent again; without acks all of the first ones were.
+    assert duplicates <= 10 < delivered_before
+
+
+def test_the_worker_keeps_replaying_past_its_idle_timeout_while_the_spool_holds_messages(
+    server: LocalServer, make_client: ClientFactory, tmp_path: Path
+) -> None:
+    directory = tmp_path / "spool"
+    fill_spool(directory, 2)
+    outage = server.add_fault(Fault(status=503, times=None))
+    client = make_client(spool_dir=directory, max_retries=0, worker_idle_timeout=0.1)
+    # Failed passes go on (each after a short backoff) well past the idle timeout...
+    assert wait_until(lambda: outage.hits >= 10, timeout=20)
+    server.clear_faults()
+    # ...so when the API is back, the spool empties with no new call to start a worker.
+    assert server.wait_for(2, timeout=10, kind="track")
+    assert client._worker is not None
+
+
+def test_timestamps_and_keys_survive_the_disk(
+    server: LocalServer, make_client: ClientFactory, tmp_path: Path
+) -> None:
+    import datetime as dt
+
+    directory = tmp_path / "spool"
+    server.add_fault(Fault(status=503, times=None))
+    first = make_client(spool_dir=directory, max_retries=0)
+    when = dt.datetime(2024, 2, 29, 12, 30, 15, 250000, tzinfo=dt.timezone.utc)
+    first.track("user_1", "clicked", {"n": 1}, timestamp=when)
+    first.track("user_1", "clicked", {"n": 2})
+    assert settled_short_of_the_api(first)
+    first.shutdown()
+    (tried,) = server.requests  # the first was tried; the one behind it was spooled untried
+    called_before = dt.datetime.now(dt.timezone.utc)
+    server.clear_faults()
+    second = make_client(spool_dir=directory)
+    assert second.replay_spool(timeout=5)
+    first_replayed, second_replayed = server.tracks()
+    assert first_replayed.json["timestamp"] == "2024-02-29T12:30:15.250Z"
+    assert first_replayed.idempotency_key == tried.idempotency_key
+    stamped = dt.datetime.fromisoformat(second_replayed.json["timestamp"].replace("Z", "+00:00"))
+    assert stamped <= called_before  # the time of the call, not of the replay
+
+
+def test_live_traffic_goes_before_the_rest_of_a_replay(
+    server: LocalServer, make_client: ClientFactory, tmp_path: Path
+) -> None:
+    directory = tmp_path / "spool"
+    fill_spool(directory, 200, users=1)
+    server.latency = 0.01
+    client = make_client(spool_dir=directory, flush_at=10, max_concurrency=1)
+    assert server.wait_for(5, timeout=10, kind="track")  # the start-up replay is under way
+    for n in range(1000, 1010):
+        client.track("user_live", "clicked", {"n": n})
+    assert server.wait_for(210, timeout=30, kind="track")
+    order = numbers(server)
+    last_live = max(order.index(n) for n in range(1000, 1010))
+    assert last_live < order.index(199)  # live messages did not wait for the whole replay
+
+
+def test_the_worker_replays_every_interval_without_a_trigger(server: LocalServer, tmp_path: Path) -> None:
+    import inspect
+
+    from flameup_analytics.queue import MessageQueue
+    from flameup_analytics.worker import Worker
+
+    assert inspect.signature(Worker).parameters["replay_interval"].default == 30.0
+    directory = tmp_path / "spool"
+    client = fa.Client(api_key=API_KEY, host=server.url, spool_dir=directory, flush_interval=0.05)
+    queue = MessageQueue(100, 10)
+    ledger = Ledger(NoSpool(), None)
+    worker = Worker(
+        queue,
+        ledger,
+        client._deliver_message,
+        batch_size=10,
+        flush_interval=0.05,
+        max_concurrency=2,
+        spool=DiskSpool(directory),
+        replay_interval=0.2,
+    )
+    worker.start()
+    try:
+        # Segments written by another process after the worker's first look at the directory.
+        fill_spool(directory, 3)
+        assert server.wait_for(3, timeout=10, kind="track")
+    finally:
+        worker.stop()
+        worker.join(5)
+        client.shutdown()
+
+
+# --- deadlines ------------------------------------------------------------------------------------
+
+
+def test_sync_mode_never_retries_past_its_timeout(server: LocalServer, make_client: ClientFactory) -> None:
+    server.add_fault(Fault(status=503, times=None))
+    attempts: list[int] = []
+    client = make_client(
+        sync_mode=True,
+        timeout=0.5,
+        spool_dir=False,
+        retry=fa.RetryPolicy(max_retries=1000, backoff_factor=0.02, max_backoff=0.02),
+        on_outcome=lambda outcome: attempts.append(outcome.attempts),
+    )
+    client.track("user_1", "clicked")
+    (made,) = attempts
+    assert 1 <= made < 1001  # the deadline ended the retries, not the budget
+    assert client.stats().dropped == 1
+
+
+def test_flush_after_waits_no_longer_than_its_own_timeout(make_client: ClientFactory) -> None:
+    client = make_client()
+    asked: list[float] = []
+    flush = client.flush
+
+    def recording_flush(timeout: float = 10.0) -> bool:
+        asked.append(timeout)
+        return flush(timeout)
+
+    client.flush = recording_flush  # type: ignore[method-assign]
+    with client.flush_after(timeout=0.25):
+        client.track("user_1", "clicked")
+
+    @client.flush_after(timeout=0.75)
+    def handler() -> None:
+        client.track("user_1", "clicked")
+
+    handler()
+    assert asked == [0.25, 0.75]
+
+
+def test_several_clients_at_exit_share_one_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    hang = threading.Event()
+
+    def hanging(request: fa.Request) -> fa.Response:
+        hang.wait(10)
+        return fa.Response(200)
+
+    given: list[tuple[float, float]] = []
+    clients = []
+    for shutdown_timeout in (0.3, 0.6, 0.9):
+        client = fa.Client(
+            api_key=API_KEY,
+            transport=fa.MockTransport(hanging),
+            spool_dir=False,
+            shutdown_timeout=shutdown_timeout,
+            flush_interval=0.01,
+        )
+        client.track("user_1", "clicked")
+        original = client.shutdown
+
+        def recording(timeout: float | None = None, original: Any = original) -> None:
+            given.append((time.monotonic(), timeout or 0.0))
+            original(timeout)
+
+        monkeypatch.setattr(client, "shutdown", recording)
+        clients.append(client)
+    started = time.monotonic()
+    lifecycle.shutdown_all()
+    hang.set()
+    assert len(given) == 3
+    # Each client got what was left of one deadline: the longest shutdown_timeout, from the start.
+    for called_at, timeout in given:
+        assert called_at + timeout <= started + 0.9 + 0.05
+    assert all(client.stats().dropped == 1 for client in clients)
+
+
+# --- concurrency and batches ----------------------------------------------------------------------
+
+
+class ConcurrencyProbe:
+    """A transport handler that holds each request briefly and records how many overlapped."""
+
+    def __init__(self, hold: float = 0.02) -> None:
+        self._lock = threading.Lock()
+        self._hold = threading.Event()
+        self._seconds = hold
+        self.in_flight = 0
+        self.most = 0
+        self.order: list[int] = []
+
+    def __call__(self, request: fa.Request) -> fa.Response:
+        with self._lock:
+            self.in_flight += 1
+            self.most = max(self.most, self.in_flight)
+        self._hold.wait(self._seconds)
+        with self._lock:
+            self.in_flight -= 1
+            self.order.append(json.loads(request.body or b"{}")["parameters"]["n"])
+        return fa.Response(200)
+
+
+def test_no_more_than_max_concurrency_requests_are_in_flight() -> None:
+    probe = ConcurrencyProbe()
+    client = fa.Client(
+        api_key=API_KEY, transport=fa.MockTransport(probe), spool_dir=False, max_concurrency=3, flush_at=50
+    )
+    for n in range(60):
+        client.track(f"user_{n}", "clicked", {"n": n})
+    assert client.flush(timeout=10)
+    client.shutdown()
+    assert probe.most == 3  # reached, never exceeded
+
+
+def test_the_next_batch_waits_while_a_retry_is_pending() -> None:
+    requests: list[int] = []
+    failed_once = threading.Event()
+
+    def handler(request: fa.Request) -> fa.Response:
+        n = json.loads(request.body or b"{}")["parameters"]["n"]
+        requests.append(n)
+        if n == 0 and not failed_once.is_set():
+            failed_once.set()
+            return fa.Response(503)
+        return fa.Response(200)
+
+    client = fa.Client(
+        api_key=API_KEY,
+        transport=fa.MockTransport(handler),
+        spool_dir=False,
+        flush_at=2,
+        flush_interval=3600,
+        retry=fa.RetryPolicy(backoff_factor=0.2, max_backoff=0.2),
+    )
+    client.track("user_0", "clicked", {"n": 0})
+    client.track("user_1", "clicked", {"n": 1})  # the first batch: 0 fails once, then is retried
+    assert wait_until(failed_once.is_set)
+    client.track("user_2", "clicked", {"n": 2})
+    client.track("user_3", "clicked", {"n": 3})  # the second batch, queued during the retry wait
+    assert client.flush(timeout=10)
+    client.shutdown()
+    assert requests.index(0, 1) < requests.index(2) and requests.index(0, 1) < requests.index(3)
+
+
+# --- warnings at most once a minute -------------------------------------------------------------
+
+
+def test_drop_and_rejection_warnings_come_at_most_once_a_minute(caplog: pytest.LogCaptureFixture) -> None:
+    ledger = Ledger(NoSpool(), None)
+    message = ("track", "user_1", b"{}", "key-1")
+    rejected = fa.Outcome(fa.Result.REJECTED, 1, fa.Response(404, body=b'{"error":{"message":"nope"}}'))
+    rejected = fa.Outcome(rejected.result, 1, rejected.response, fa.APIError("nope", status=404))
+    with freeze_time("2026-01-01 00:00:00") as clock, caplog.at_level(logging.WARNING, "flameup_analytics"):
+        for _ in range(5):
+            ledger.hand_on([message], DeliveryError("queue_full", "full"))
+            ledger.record(message, rejected)
+        assert [r.getMessage().split(" (")[0] for r in caplog.records] == [
+            "dropped 1 message(s): full",
+            "the Flameup API rejected 1 message(s) for good",
+        ]
+        caplog.clear()
+        clock.tick(61)
+        ledger.hand_on([message], DeliveryError("queue_full", "full"))
+        ledger.record(message, rejected)
+        texts = [record.getMessage() for record in caplog.records]
+    assert texts[0].startswith("dropped 1 message(s)")
+    assert texts[1].startswith("the Flameup API rejected 5 message(s) for good (HTTP 404: nope)")
+    assert "FLAMEUP_WORKSPACE_ID" in texts[1]
+
+
+def test_a_rejection_is_never_silent(
+    server: LocalServer, make_client: ClientFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = make_client(workspace_id="ws_wrong")
+    with caplog.at_level(logging.WARNING, "flameup_analytics"):
+        client.identify("user_1", {"plan": "pro"})
+        assert client.flush(timeout=5)  # it reached the API, which refused it
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert "HTTP 404" in warning and "unknown workspace" in warning and "FLAMEUP_WORKSPACE_ID" in warning
+    assert client.stats().rejected == 1
+
+
+def test_an_outage_is_announced_once_with_where_the_messages_go(
+    server: LocalServer, make_client: ClientFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    outage = server.add_fault(Fault(status=503, times=None))
+    client = make_client(spool_dir=tmp_path / "spool", max_retries=0)
+    with caplog.at_level(logging.WARNING, "flameup_analytics"):
+        for n in range(5):
+            client.track(f"user_{n}", "clicked")
+        assert settled_short_of_the_api(client)
+        server.clear_faults()
+        client.track("user_9", "clicked")
+        assert client.flush(timeout=5)
+    texts = [record.getMessage() for record in caplog.records]
+    assert outage.hits == 5
+    announced = [text for text in texts if "unreachable or failing" in text]
+    assert len(announced) == 1 and str(tmp_path / "spool") in announced[0]
+    assert "answers again" in texts[-1]
+
+
+def test_flush_is_false_when_a_message_went_to_the_spool_and_true_again_after(
+    server: LocalServer, make_client: ClientFactory, tmp_path: Path
+) -> None:
+    server.add_fault(Fault(status=503, times=1))
+    client = make_client(spool_dir=tmp_path / "spool", max_retries=0)
+    client.track("user_1", "clicked")
+    assert client.flush(timeout=5) is False  # settled, but spooled: not "delivered"
+    assert client.stats().spooled == 1
+    client.track("user_2", "clicked")
+    assert client.flush(timeout=5) is True  # everything since the last flush reached the API
+
+
+def test_the_shutdown_warning_says_where_the_messages_went(
+    server: LocalServer, make_client: ClientFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    server.add_fault(Fault(action="hang", times=None))
+    client = make_client(spool_dir=tmp_path / "spool", timeout=30)
+    client.track("user_1", "clicked")
+    assert server.wait_for(1, timeout=5, accepted=False)
+    with caplog.at_level(logging.WARNING, "flameup_analytics"):
+        client.shutdown(timeout=0.2)
+    server.release_hung()
+    (warning,) = [r.getMessage() for r in caplog.records if "shutdown deadline" in r.getMessage()]
+    assert f"1 spooled to {tmp_path / 'spool'}" in warning
+
+    dropping = make_client(spool_dir=False, timeout=30)
+    dropping.track("user_1", "clicked")
+    assert server.wait_for(2, timeout=5, accepted=False)
+    with caplog.at_level(logging.WARNING, "flameup_analytics"):
+        dropping.shutdown(timeout=0.2)
+    server.release_hung()
+    warning = [r.getMessage() for r in caplog.records if "shutdown deadline" in r.getMessage()][-1]
+    assert "1 dropped (the disk spool is off" in warning
