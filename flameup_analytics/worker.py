@@ -239,8 +239,10 @@ class Worker:
             elif time.monotonic() - idle_since >= self._idle_timeout and self._retire():
                 return
             try:
+                self._seal_spilled()
                 while len(self._queue) and not self.abort.is_set():
                     self._deliver_batch()
+                    self._seal_spilled()
                 if not self._stopping:
                     self._replay()
             except Exception:
@@ -249,6 +251,11 @@ class Worker:
                 self.abort.wait(self._flush_interval)  # no hot loop if the fault persists
             if self._stopping and not len(self._queue):
                 return
+
+    def _seal_spilled(self) -> None:
+        """fsync the segments that spills from callers' threads filled: callers never wait for it."""
+        if self._spool is not None:
+            self._spool.seal_pending()
 
     def _deliver_batch(self) -> None:
         with self._settled:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -475,3 +476,28 @@ def test_the_shutdown_warning_says_where_the_messages_went(
     server.release_hung()
     warning = [r.getMessage() for r in caplog.records if "shutdown deadline" in r.getMessage()][-1]
     assert "1 dropped (the disk spool is off" in warning
+
+
+def test_segments_filled_by_callers_are_sealed_by_the_worker(
+    server: LocalServer, make_client: ClientFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced_in: list[str] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        synced_in.append(threading.current_thread().name)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    server.add_fault(Fault(action="hang", times=None))
+    client = make_client(spool_dir=tmp_path / "spool", max_queue_size=1, flush_at=1, timeout=30)
+    assert client._spool is not None
+    client._spool.segment_bytes = 300  # a few records fill a segment
+    for n in range(20):
+        client.track("user_1", "clicked", {"n": n})  # the queue is full: spills in this thread
+    assert client.stats().spooled >= 15
+    assert threading.current_thread().name not in synced_in
+    # The worker fsyncs and closes the full segments, which another process can then replay.
+    assert wait_until(lambda: len(synced_in) >= 2)
+    assert set(synced_in) == {"flameup-worker"}
+    server.release_hung()
