@@ -13,9 +13,10 @@ import json
 import json.encoder
 import math
 import secrets
+import sys
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from decimal import Decimal
 from typing import Any, Final, Literal, NamedTuple
 
@@ -121,6 +122,27 @@ def format_datetime(value: dt.datetime) -> str:
 
 # --- JSON ------------------------------------------------------------------------------------
 
+_INT64: Final = range(-(2**63), 2**63)
+#: A Decimal whose leading digit is at 10**19 or beyond is outside _INT64 whatever its digits.
+_INT64_DIGITS: Final = 19
+
+
+def _decimal_to_json(value: Decimal) -> int | float:
+    """An int when ``value`` is integral and fits 64 bits, else the nearest float; refused when
+    even a float cannot hold it. Never expands an exponent: ``Decimal("1e999999")`` costs what
+    ``Decimal("1")`` costs."""
+    if not value.is_finite():
+        raise ValueError(f"{value!r} is not a finite number")
+    # adjusted() is the exponent of the leading digit, read without computing anything.
+    if value.adjusted() < _INT64_DIGITS and value == value.to_integral_value():
+        integer = int(value)
+        if integer in _INT64:
+            return integer
+    number = float(value)  # parses the Decimal's short text form: no exponent is expanded
+    if not math.isfinite(number):
+        raise ValueError(f"a Decimal of about {value:.6g} is beyond the range of a JSON number (a float)")
+    return number
+
 
 def _to_json(value: Any) -> Any:
     """Conversions for values with one obvious JSON form; anything else is an error."""
@@ -129,13 +151,13 @@ def _to_json(value: Any) -> Any:
     if isinstance(value, (dt.date, dt.time)):
         return value.isoformat()
     if isinstance(value, Decimal):
-        if not value.is_finite():
-            raise ValueError(f"{value} is not a finite number")
-        return int(value) if value == value.to_integral_value() else float(value)
+        return _decimal_to_json(value)
     if isinstance(value, uuid.UUID):
         return str(value)
     if isinstance(value, enum.Enum):
         return value.value
+    if isinstance(value, Mapping):
+        return dict(value)
     if isinstance(value, (set, frozenset)):
         try:
             return sorted(value)
@@ -149,7 +171,7 @@ _encoder: Final = json.JSONEncoder(
 )
 # The C encoder, made once: JSONEncoder.encode() builds a new one per call, which doubles the cost.
 # No circular-reference markers: a shared dict would be unsafe across threads, and a cycle is
-# still caught, as a RecursionError, then located by _find_problem.
+# still caught, as a RecursionError, then located by _Search.
 _make_c_encoder: Any = getattr(json.encoder, "c_make_encoder", None)  # untyped C accelerator
 _c_encoder: Final = (
     None
@@ -172,74 +194,199 @@ def encode(payload: dict[str, Any], arguments: Mapping[str, str]) -> bytes:
 
 
 def _explain(payload: dict[str, Any], arguments: Mapping[str, str], exc: Exception) -> ValidationError:
-    for key, argument in arguments.items():
-        found = _find_problem(payload[key], argument, set())
-        if found is not None:
-            path, reason = found
-            return ValidationError(f"{path} {reason}", argument=argument, path=path)
-    argument = next(iter(arguments.values()))  # pragma: no cover - the walk finds all the encoder refuses
+    searches = [_Search(argument, payload[key]) for key, argument in arguments.items()]
+    for search in searches:
+        if search.problem is not None:
+            path, reason = search.problem
+            return ValidationError(f"{path} {reason}", argument=search.argument, path=path)
+    deepest = max(searches, key=lambda search: search.depth)
+    if isinstance(exc, RecursionError):
+        # No cycle and every value encodable: the encoder ran out of stack, which the interpreter's
+        # recursion limit bounds, less the depth of the code that called it.
+        path = deepest.path_at_depth(deepest.depth)
+        return ValidationError(
+            f"{path} is nested {deepest.depth} levels deep: more than the JSON encoder can go here "
+            f"(Python's recursion limit, sys.getrecursionlimit() = {sys.getrecursionlimit()}, "
+            "less the depth of the calling code)",
+            argument=deepest.argument,
+            path=path,
+        )
+    # The search mirrors the encoder, so this is not reached; were it, the mapping (the last
+    # argument) is the likely culprit: the ids are plain strings, whose one fault the search finds.
+    argument = searches[-1].argument  # pragma: no cover
     return ValidationError(f"cannot be encoded as JSON: {exc}", argument=argument)  # pragma: no cover
 
 
-def _find_problem(value: Any, path: str, active: set[int]) -> tuple[str, str] | None:
-    """Depth-first search for the first value the encoder refused, with its path and the reason."""
-    if value is None or isinstance(value, (bool, int)):
-        return None
+class _Fault(Exception):
+    """Why the encoder refuses a value (the search adds where)."""
+
+
+_ANY_JSON_TYPE: Final = (str, int, float, list, tuple, dict, type(None))  # bool is an int
+
+
+class _Search:
+    """The first value of one argument that the encoder refuses, with its path and the reason.
+
+    It runs only after the encoder failed, and visits the values as the C encoder does (``str``,
+    ``int`` and ``float`` subclasses by their own value, so no user code runs for them; anything
+    else through ``_to_json``). It is iterative, so neither deep nesting nor a deep calling stack
+    can make it fail; and a path is only put together for the value it reports, so a search of a
+    deep value takes time and memory in proportion to its size.
+    """
+
+    def __init__(self, argument: str, value: Any) -> None:
+        self.argument = argument
+        self.value = value
+        self.problem: tuple[str, str] | None = None
+        #: How many objects and arrays deep the value goes: a RecursionError with no problem found
+        #: means the encoder could not go that deep.
+        self.depth = max((depth for depth, _ in self._containers()), default=0)
+
+    def path_at_depth(self, depth: int) -> str:
+        """The path of the first object or array ``depth`` levels deep."""
+        steps = next((steps for reached, steps in self._containers() if reached == depth), [])
+        return self.argument + "".join(steps)
+
+    def _containers(self) -> Iterator[tuple[int, list[str]]]:
+        """Each object or array in encoding order, with its depth and the steps of its path; a
+        value the encoder refuses sets ``problem`` and ends the walk."""
+        steps: list[str] = []  # the path, one "[key]" per open container ("" for the argument)
+        # Each frame: the ids of an open container (and of what it was converted from), and its
+        # children. A container met again while still open is a cycle; met again after, merely shared.
+        frames: list[tuple[tuple[int, ...], Iterator[tuple[str, Any]]]] = [((), iter([("", self.value)]))]
+        open_ids: set[int] = set()
+        while frames:
+            owners, children = frames[-1]
+            try:
+                child = next(children, None)
+            except _Fault as fault:  # a key of the open container
+                self.problem = self.argument + "".join(steps), str(fault)
+                return
+            if child is None:
+                frames.pop()
+                open_ids.difference_update(owners)
+                if frames:
+                    steps.pop()
+                continue
+            step, value = child
+            try:
+                value, converted_from = _as_encoded(value)
+                if not isinstance(value, (list, tuple, dict)):
+                    _check_scalar(value)
+                    continue
+                ids = (id(value), *converted_from)
+                if not open_ids.isdisjoint(ids):
+                    raise _Fault("contains itself (a reference cycle)")
+            except _Fault as fault:
+                self.problem = self.argument + "".join(steps) + step, str(fault)
+                return
+            open_ids.update(ids)
+            steps.append(step)
+            frames.append((ids, _items(value) if isinstance(value, dict) else _elements(value)))
+            yield len(steps), steps
+
+
+def _as_encoded(value: Any) -> tuple[Any, tuple[int, ...]]:
+    """``value`` converted by ``_to_json`` until it is a JSON type, as the encoder does, with the ids
+    of the objects it was converted from."""
+    converted_from: tuple[int, ...] = ()
+    while not isinstance(value, _ANY_JSON_TYPE):
+        converted_from += (id(value),)
+        try:
+            value = _to_json(value)
+        except TypeError as exc:
+            raise _Fault(
+                f"is not JSON-serializable ({exc}: convert it to str, int, float, bool, list or dict)"
+            ) from None
+        except ValueError as exc:
+            raise _Fault(f"cannot be sent: {exc}") from None
+    return value, converted_from
+
+
+def _check_scalar(value: str | int | float | None) -> None:
     if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return path, "is a string with lone surrogates (not valid UTF-8)"
-        return None
-    if isinstance(value, float):
-        return None if math.isfinite(value) else (path, f"is {value!r}, which JSON cannot represent")
-    if len(active) > 100:
-        return path, "is nested more than 100 levels deep"
-    if isinstance(value, (Mapping, list, tuple)):
-        if id(value) in active:
-            return path, "contains itself (a reference cycle)"
-        active.add(id(value))
-        try:
-            if isinstance(value, Mapping):
-                for key, item in value.items():
-                    if not isinstance(key, (str, int, float, bool)):
-                        return (
-                            path,
-                            f"has a key of type {type(key).__name__}: keys must be str, int, float or bool",
-                        )
-                    if isinstance(key, float) and not math.isfinite(key):
-                        return path, f"has the key {key!r}, which JSON cannot represent"
-                    found = _find_problem(item, f"{path}[{key!r}]", active)
-                    if found:
-                        return found
-            else:
-                for index, item in enumerate(value):
-                    found = _find_problem(item, f"{path}[{index}]", active)
-                    if found:
-                        return found
-        finally:
-            active.discard(id(value))
-        return None
+        if not _is_utf8(value):
+            raise _Fault("is a string with lone surrogates (not valid UTF-8)")
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise _Fault(f"is {float.__repr__(value)}, which JSON cannot represent")
+    elif isinstance(value, int) and not _writable(value):
+        raise _Fault(f"is an integer of more than {sys.get_int_max_str_digits()} digits, {_TOO_LONG}")
+
+
+_TOO_LONG: Final = "more than Python writes as text (sys.get_int_max_str_digits())"
+
+
+def _elements(array: list[Any] | tuple[Any, ...]) -> Iterator[tuple[str, Any]]:
+    for index, item in enumerate(array):
+        yield f"[{index}]", item
+
+
+def _items(mapping: dict[Any, Any]) -> Iterator[tuple[str, Any]]:
+    """The children of an object, each key checked first, as the encoder checks it."""
+    for key, item in mapping.items():
+        if isinstance(key, str):
+            shown = str.__repr__(key)
+            if not _is_utf8(key):
+                raise _Fault(f"has the key {shown}, a string with lone surrogates (not valid UTF-8)")
+        elif isinstance(key, float):
+            shown = float.__repr__(key)
+            if not math.isfinite(key):
+                raise _Fault(f"has the key {shown}, which JSON cannot represent")
+        elif key is None or isinstance(key, bool):
+            shown = repr(key)
+        elif isinstance(key, int):
+            if not _writable(key):
+                raise _Fault(
+                    f"has an integer key of more than {sys.get_int_max_str_digits()} digits, {_TOO_LONG}"
+                )
+            shown = int.__repr__(key)
+        else:
+            raise _Fault(
+                f"has a key of type {type(key).__name__}: keys must be str, int, float, bool or None"
+            )
+        yield f"[{shown}]", item
+
+
+def _is_utf8(text: str) -> bool:
     try:
-        converted = _to_json(value)
-    except (TypeError, ValueError) as exc:
-        return path, f"is not JSON-serializable ({exc}: convert it to str, int, float, bool, list or dict)"
-    return _find_problem(converted, path, active)
+        str.encode(text, "utf-8")  # str's own method: a subclass's override is not user code we run
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _writable(integer: int) -> bool:
+    """Whether the encoder can write ``integer``: Python refuses integers longer than
+    sys.get_int_max_str_digits() digits, and does so at once, without converting them. (Before
+    3.10.7 there is no such limit, and no sys.get_int_max_str_digits either: every int is writable.)"""
+    try:
+        int.__repr__(integer)
+    except ValueError:
+        return False
+    return True
 
 
 # --- validation ------------------------------------------------------------------------------
 
 
 def require_id(value: Any, argument: str) -> str:
-    if type(value) is str and value:
-        return value
-    if isinstance(value, str) and value:
-        return str(value)
-    if value is None or value == "":
+    """``value`` as the exact ``str`` to send. A ``str`` subclass (``StrEnum``, ``class E(str,
+    Enum)``, lazy or marked-safe strings) is sent as its own characters: its ``__str__``, which
+    may answer a name, a repr or anything else, is not called."""
+    if type(value) is str:
+        text = value
+    elif isinstance(value, str):
+        text = str.__str__(value)  # an exact copy of the characters; runs no code of the subclass
+    elif value is None:
+        text = ""
+    else:
+        raise ValidationError(
+            f"{argument} must be a non-empty string, not {type(value).__name__}", argument=argument
+        )
+    if not text:
         raise ValidationError(f"{argument} is required and must be a non-empty string", argument=argument)
-    raise ValidationError(
-        f"{argument} must be a non-empty string, not {type(value).__name__}", argument=argument
-    )
+    return text
 
 
 def require_mapping(value: Any, argument: str) -> dict[Any, Any]:
