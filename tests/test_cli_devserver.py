@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit
@@ -28,9 +28,9 @@ TIMEOUT = 15.0  # generous: only reached when something is broken
 class DevServer:
     """The command in a subprocess, its stdout read line by line as it comes."""
 
-    def __init__(self, *options: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, *options: str, env: dict[str, str] | None = None, program: Sequence[str] = ()) -> None:
         self.process = subprocess.Popen(
-            [str(SCRIPT), "devserver", *options],
+            [*(program or [str(SCRIPT)]), "devserver", *options],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -65,6 +65,11 @@ class DevServer:
         self.process.send_signal(signum)
         return self.process.wait(timeout=TIMEOUT)
 
+    def remaining_stderr(self) -> str:
+        """What it wrote to stderr, once it has ended."""
+        assert self.process.stderr is not None and self.process.poll() is not None
+        return self.process.stderr.read()
+
     def finish(self) -> str:
         if self.process.poll() is None:
             self.process.kill()
@@ -85,8 +90,10 @@ def devservers() -> Iterator[list[DevServer]]:
                 stream.close()
 
 
-def start(devservers: list[DevServer], *options: str, env: dict[str, str] | None = None) -> DevServer:
-    server = DevServer("--port", "0", *options, env=env)
+def start(
+    devservers: list[DevServer], *options: str, env: dict[str, str] | None = None, program: Sequence[str] = ()
+) -> DevServer:
+    server = DevServer("--port", "0", *options, env=env, program=program)
     devservers.append(server)
     return server
 
@@ -112,7 +119,7 @@ def test_help_lists_the_options() -> None:
     assert result.returncode == 0
     for option in ("--port", "--host", "--api-key", "--workspace-id", "--latency", "--fail-status"):
         assert option in result.stdout
-    for option in ("--fail-times", "--retry-after", "--hang", "--drop", "--json"):
+    for option in ("--fail-times", "--retry-after", "--hang", "--drop", "--json", "--no-validate"):
         assert option in result.stdout
 
 
@@ -124,6 +131,7 @@ def test_it_prints_where_it_listens_then_each_request_live_and_exits_0_on_sigint
     match = re.search(r"listening on (http://127\.0\.0\.1:\d+)$", banner[0])
     assert match, banner
     url = match.group(1)
+    assert "Requests are validated against the API description (docs/openapi.yaml)." in banner
     assert f"  export FLAMEUP_HOST={url}" in banner
     assert "  export FLAMEUP_API_KEY=dev_key" in banner
     assert "  export FLAMEUP_WORKSPACE_ID=ws_dev" in banner
@@ -140,15 +148,7 @@ def test_it_prints_where_it_listens_then_each_request_live_and_exits_0_on_sigint
     assert '"external_id":"user_1","event":"clicked_buy","parameters":{"plan":"pro"}' in line
 
     # A request the API description does not allow is answered 400, and the line says why.
-    address = urlsplit(url)
-    connection = http.client.HTTPConnection(address.hostname or "", address.port, timeout=TIMEOUT)
-    try:
-        body = json.dumps({"external_id": "u", "event": "e", "color": "red"})
-        headers = {"Authorization": "Bearer dev_key", "Content-Type": "application/json"}
-        connection.request("POST", "/api/v1/track", body, headers)
-        assert connection.getresponse().status == 400
-    finally:
-        connection.close()
+    assert post_track(url, {"external_id": "u", "event": "e", "color": "red"}) == 400
     rejected = server.line()
     assert "  400  " in rejected
     assert (
@@ -162,14 +162,17 @@ def test_it_prints_where_it_listens_then_each_request_live_and_exits_0_on_sigint
 def test_json_lines_env_defaults_and_sigterm(devservers: list[DevServer]) -> None:
     env = {**os.environ, "FLAMEUP_API_KEY": "ws_live_env_key.secret", "FLAMEUP_WORKSPACE_ID": "ws_env"}
     server = start(devservers, "--json", env=env)
-    listening = json.loads(server.line())
+    first = server.line()
+    listening = json.loads(first)
     url = listening["url"]
     assert listening["event"] == "listening"
     assert listening["env"] == {
         "FLAMEUP_HOST": url,
-        "FLAMEUP_API_KEY": "ws_live_env_key.secret",
+        "FLAMEUP_API_KEY": "ws_live_env_***",  # the server expects the real one; it is never printed
         "FLAMEUP_WORKSPACE_ID": "ws_env",
     }
+    assert (listening["api_key_from"], listening["validates"]) == ("environment", True)
+    assert "secret" not in first
 
     client = sdk_client(url, api_key="ws_live_env_key.secret", workspace_id="ws_env")
     try:
@@ -250,3 +253,88 @@ def test_a_port_in_use_exits_2_naming_it() -> None:
 
     assert result.returncode == 2
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("options", "environment", "source"),
+    [
+        ((), {"FLAMEUP_API_KEY": "ws_live_abc12345_abc123.very_secret"}, "from your environment"),
+        (("--api-key", "ws_live_abc12345_abc123.very_secret"), {}, "given with --api-key"),
+    ],
+)
+def test_a_real_key_is_never_printed(
+    devservers: list[DevServer], options: tuple[str, ...], environment: dict[str, str], source: str
+) -> None:
+    server = start(devservers, *options, env={**os.environ, **environment})
+    banner = server.lines_until("Ctrl-C")
+    url = banner[0].rsplit(" ", 1)[-1]
+
+    assert not any("very_secret" in line for line in banner), banner
+    # Commented out, so that pasting the lines cannot replace the real key with the masked one.
+    assert f"  # export FLAMEUP_API_KEY=ws_live_abc1***  (the key {source}, not shown)" in banner
+    client = sdk_client(url, api_key="ws_live_abc12345_abc123.very_secret")
+    try:
+        client.track("user_1", "signed_up")
+    finally:
+        client.shutdown()
+    assert "  200  " in server.line()  # the server expects that key
+    assert server.stop() == 0
+
+
+def test_no_validate_accepts_what_the_description_does_not(devservers: list[DevServer]) -> None:
+    server = start(devservers, "--no-validate")
+    banner = server.lines_until("Ctrl-C")
+    url = banner[0].rsplit(" ", 1)[-1]
+    assert "Requests are not validated against the API description (--no-validate)." in banner
+
+    assert post_track(url, {"external_id": "u", "event": "e", "color": "red"}) == 200
+    assert "  200  " in server.line()
+    assert server.stop() == 0
+
+
+# A fresh interpreter where `import openapi_core` fails, as after a plain `pip install`.
+WITHOUT_OPENAPI_CORE = (
+    sys.executable,
+    "-c",
+    "import sys; sys.modules['openapi_core'] = None; from flameup_analytics.cli import main; "
+    "sys.exit(main(sys.argv[1:]))",
+)
+NOT_VALIDATED = (
+    "Requests are not validated against the API description: openapi-core is not installed "
+    "(pip install 'flameup-analytics[testing]')."
+)
+
+
+def test_without_openapi_core_it_starts_and_says_so_once(devservers: list[DevServer]) -> None:
+    server = start(devservers, program=WITHOUT_OPENAPI_CORE)
+    banner = server.lines_until("Ctrl-C")
+    url = banner[0].rsplit(" ", 1)[-1]
+
+    assert [line for line in banner if "validated" in line] == [NOT_VALIDATED]
+    assert post_track(url, {"external_id": "u", "event": "e", "color": "red"}) == 200
+    assert "  200  " in server.line()
+    assert server.stop() == 0
+    assert server.remaining_stderr() == ""
+
+
+def test_without_openapi_core_json_lines_stay_json_and_the_note_goes_to_stderr(
+    devservers: list[DevServer],
+) -> None:
+    server = start(devservers, "--json", program=WITHOUT_OPENAPI_CORE)
+    listening = json.loads(server.line())
+
+    assert listening["validates"] is False
+    assert server.stop() == 0
+    assert json.loads(server.line())["event"] == "stopped"
+    assert server.remaining_stderr() == f"flameup-analytics: {NOT_VALIDATED}\n"
+
+
+def post_track(url: str, body: dict[str, Any]) -> int:
+    address = urlsplit(url)
+    connection = http.client.HTTPConnection(address.hostname or "", address.port, timeout=TIMEOUT)
+    try:
+        headers = {"Authorization": "Bearer dev_key", "Content-Type": "application/json"}
+        connection.request("POST", "/api/v1/track", json.dumps(body), headers)
+        return connection.getresponse().status
+    finally:
+        connection.close()
