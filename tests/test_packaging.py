@@ -24,8 +24,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PYPROJECT = (ROOT / "pyproject.toml").read_text()
-# The base of every absolute link, from [project.urls] (no tomllib: Python 3.10 has none).
-REPOSITORY = re.search(r'^Source = "(?P<url>[^"]+)"$', PYPROJECT, flags=re.MULTILINE)["url"]  # type: ignore[index]
+# The base of every absolute link, from [project.urls] (read without tomllib: Python 3.10 has none).
+REPOSITORY = re.findall(r'^Source = "([^"]+)"$', PYPROJECT, flags=re.MULTILINE)[0]
 # Inline links, [text](target), and reference definitions, [name]: target.
 LINK = re.compile(r"\]\((?P<inline>[^)\s]+)\)|^\[[^\]]+\]:\s*(?P<reference>\S+)", re.MULTILINE)
 
