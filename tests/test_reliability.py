@@ -489,8 +489,8 @@ def test_segments_filled_by_callers_are_sealed_by_the_worker(
         real_fsync(fd)
 
     monkeypatch.setattr(os, "fsync", recording_fsync)
-    server.add_fault(Fault(action="hang", times=None))
-    client = make_client(spool_dir=tmp_path / "spool", max_queue_size=1, flush_at=1, timeout=30)
+    server.latency = 0.3  # slow answers: the queue of one fills at once; the worker turns between them
+    client = make_client(spool_dir=tmp_path / "spool", max_queue_size=1, flush_at=1)
     assert client._spool is not None
     client._spool.segment_bytes = 300  # a few records fill a segment
     for n in range(20):
@@ -500,4 +500,3 @@ def test_segments_filled_by_callers_are_sealed_by_the_worker(
     # The worker fsyncs and closes the full segments, which another process can then replay.
     assert wait_until(lambda: len(synced_in) >= 2)
     assert set(synced_in) == {"flameup-worker"}
-    server.release_hung()
