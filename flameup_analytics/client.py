@@ -372,10 +372,13 @@ class Client:
     def replay_spool(self, timeout: float = 30.0) -> bool:
         """Deliver what the disk spool holds now, in the background worker, waiting at most
         ``timeout`` seconds. True once everything this process could claim was delivered (or
-        rejected); False on timeout, when the API is unhealthy, or without a spool.
+        rejected); False on timeout, without a spool, or as soon as a replayed message could not
+        be delivered (the API is failing: the rest stays on disk, in order, and no new pass is
+        forced, so a failing API never sees a storm).
 
-        Replay also happens by itself (at start, after an outage, every 30 s); this is for the
-        command line and for tests that need to know it is done."""
+        Replay also happens by itself (at start, when the API answers again after a failure,
+        after a failed pass's backoff, every 30 s); this is for the command line and for tests
+        that need to know it is done."""
         if self._spool is None or not self._queue_directly:
             return False
         if self._worker is None:

@@ -1,4 +1,12 @@
-"""Exceptions raised by the SDK. Every one derives from :class:`FlameupError`."""
+"""Exceptions raised by the SDK. Every one derives from :class:`FlameupError`::
+
+    FlameupError
+    ├── ConfigurationError (also a ValueError)   unusable options, at construction
+    ├── ValidationError (also a ValueError)      a call's arguments, at the call site
+    ├── APIError                                 a synchronous call failed for good
+    ├── TransportError                           no HTTP answer came (inside the transports)
+    └── DeliveryError                            given to on_error with undelivered messages
+"""
 
 from __future__ import annotations
 
@@ -52,7 +60,8 @@ class DeliveryError(FlameupError):
     """Why queued messages could not be delivered; passed to ``on_error`` with the messages.
 
     ``reason`` is one of ``"queue_full"``, ``"retries_exhausted"``, ``"unauthorized"`` (401/403),
-    ``"misdirected"`` (a 3xx: the host is wrong), ``"shutdown"`` (the exit deadline passed) or
+    ``"misdirected"`` (a 3xx: the host is wrong), ``"misconfigured"`` (the transport cannot send
+    as configured, e.g. an unusable proxy), ``"shutdown"`` (the exit deadline passed) or
     ``"closed"`` (a call after ``shutdown()``).
     ``cause`` is the last API or network error, if there was one.
     """
