@@ -96,8 +96,8 @@ def _configuration(api_key: str, workspace_id: str | None) -> list[Finding]:
             Finding(
                 "configuration",
                 "warn",
-                "no workspace id: track() works, identify/send_transactional/get_person do not, "
-                "and the key cannot be verified",
+                "no workspace id: track() works; identify, send_transactional, get_person and "
+                "verifying the key need one",
                 _SET_WORKSPACE,
             )
         )

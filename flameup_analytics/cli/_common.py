@@ -7,6 +7,7 @@ import re
 import sys
 from typing import Any
 
+from .._config import DEFAULT_HOST
 from ..errors import ConfigurationError
 
 EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE = 0, 1, 2
@@ -31,7 +32,7 @@ def add_connection_options(parser: argparse.ArgumentParser, *, api_key: bool = T
         group.add_argument("--api-key", metavar="KEY", help="the API key (default: $FLAMEUP_API_KEY)")
     group.add_argument("--workspace-id", metavar="ID", help="the workspace (default: $FLAMEUP_WORKSPACE_ID)")
     group.add_argument(
-        "--host", metavar="URL", help="the API's address (default: $FLAMEUP_HOST, else the cloud)"
+        "--host", metavar="URL", help=f"the API's address (default: $FLAMEUP_HOST, else {DEFAULT_HOST})"
     )
 
 
