@@ -14,6 +14,9 @@ from typing import Literal, get_args
 from ._routes import KINDS, Reply, RequestKind, error
 
 FaultAction = Literal["respond", "hang", "drop"]
+"""What a :class:`Fault` does: ``respond`` with its error status, ``hang`` (never answer, until the
+server stops or :meth:`~flameup_analytics.testing.LocalServer.release_hung`), or ``drop`` the
+connection without an answer."""
 
 _ACTIONS: frozenset[str] = frozenset(get_args(FaultAction))
 

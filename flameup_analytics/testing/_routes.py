@@ -15,6 +15,8 @@ from typing import Any, Literal, NamedTuple, get_args
 from urllib.parse import SplitResult, unquote
 
 RequestKind = Literal["track", "identify", "transactional", "get_person"]
+"""The endpoint a request addresses: ``track``, ``identify`` (create or update a person),
+``transactional`` (send a transactional message) or ``get_person`` (the person search)."""
 
 KINDS: frozenset[str] = frozenset(get_args(RequestKind))
 
