@@ -15,6 +15,7 @@ import signal
 import socket
 import sys
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlencode
 
@@ -25,7 +26,7 @@ from ._common import EXIT_OK, EXIT_USAGE
 if TYPE_CHECKING:
     from types import FrameType
 
-    from ..testing import Fault, FaultAction, ReceivedRequest
+    from ..testing import Fault, FaultAction, LocalServer, ReceivedRequest
 
 # dev_key is no secret: the one key the devserver prints whole.
 _DEV_KEY, _DEV_WORKSPACE, _DEV_PORT = "dev_key", "ws_dev", 8787
@@ -149,36 +150,7 @@ def _run(args: argparse.Namespace) -> int:
         except OSError as exc:
             print(f"flameup-analytics: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
             return EXIT_USAGE
-        shown_key = api_key if key_source == "default" else redact_key(api_key)
-        env = {"FLAMEUP_HOST": server.url, "FLAMEUP_API_KEY": shown_key, "FLAMEUP_WORKSPACE_ID": workspace_id}
-        validation = _validation_text(args.validate, server.validates)
-        if args.json:
-            if not server.validates and args.validate:
-                print(f"flameup-analytics: {validation}", file=sys.stderr, flush=True)
-            listening = {
-                "event": "listening",
-                "url": server.url,
-                "env": env,
-                "api_key_from": key_source,
-                "validates": server.validates,
-                "fault": _fault_text(fault),
-            }
-            emit(json.dumps(listening))
-        else:
-            emit(f"Flameup local API listening on {server.url}")
-            emit(validation)
-            emit("Point the SDK at it (the client reads these):")
-            for name, value in env.items():
-                if name == "FLAMEUP_API_KEY" and key_source != "default":
-                    # Commented out: pasting it would replace the real key with the masked one.
-                    emit(f"  # export {name}={value}  (the key {_KEY_SOURCES[key_source]}, not shown)")
-                else:
-                    emit(f"  export {name}={shlex.quote(value)}")
-            if fault is not None:
-                emit(f"Fault: {_fault_text(fault)}")
-            if args.latency:
-                emit(f"Latency: {args.latency:g} s before every answer")
-            emit("Ctrl-C stops it.")
+        _announce(server, args, fault, (api_key, key_source), workspace_id, emit)
         try:
             wake_reader.recv(1)
         finally:
@@ -199,6 +171,49 @@ def _run(args: argparse.Namespace) -> int:
 
 def _ignore_signal(signum: int, frame: FrameType | None) -> None:
     """Installed so SIGINT/SIGTERM only wake the main thread (through the wakeup fd)."""
+
+
+def _announce(
+    server: LocalServer,
+    args: argparse.Namespace,
+    fault: Fault | None,
+    key: tuple[str, KeySource],
+    workspace_id: str,
+    emit: Callable[[str], None],
+) -> None:
+    """Say where the server listens, how to point the SDK at it, and how it will answer."""
+    api_key, key_source = key
+    shown_key = api_key if key_source == "default" else redact_key(api_key)
+    env = {"FLAMEUP_HOST": server.url, "FLAMEUP_API_KEY": shown_key, "FLAMEUP_WORKSPACE_ID": workspace_id}
+    validation = _validation_text(args.validate, server.validates)
+    if args.json:
+        if not server.validates and args.validate:
+            # Standard output carries only JSON lines.
+            print(f"flameup-analytics: {validation}", file=sys.stderr, flush=True)
+        listening = {
+            "event": "listening",
+            "url": server.url,
+            "env": env,
+            "api_key_from": key_source,
+            "validates": server.validates,
+            "fault": _fault_text(fault),
+        }
+        emit(json.dumps(listening))
+        return
+    emit(f"Flameup local API listening on {server.url}")
+    emit(validation)
+    emit("Point the SDK at it (the client reads these):")
+    for name, value in env.items():
+        if name == "FLAMEUP_API_KEY" and key_source != "default":
+            # Commented out: pasting it would replace the real key with the masked one.
+            emit(f"  # export {name}={value}  (the key {_KEY_SOURCES[key_source]}, not shown)")
+        else:
+            emit(f"  export {name}={shlex.quote(value)}")
+    if fault is not None:
+        emit(f"Fault: {_fault_text(fault)}")
+    if args.latency:
+        emit(f"Latency: {args.latency:g} s before every answer")
+    emit("Ctrl-C stops it.")
 
 
 def _api_key(args: argparse.Namespace) -> tuple[str, KeySource]:
