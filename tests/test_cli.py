@@ -129,6 +129,16 @@ def test_a_bad_host_is_explained_as_the_shell_spells_it() -> None:
     assert "--host" in result.stderr and "host=" not in result.stderr
 
 
+def test_a_call_that_needs_a_workspace_says_how_to_give_one(server: LocalServer) -> None:
+    env = api_env(server)
+    del env["FLAMEUP_WORKSPACE_ID"]
+    result = cli("send", "identify", "user_1", env=env)
+    assert result.returncode == 2
+    assert "needs a workspace id" in result.stderr
+    assert "--workspace-id" in result.stderr and "workspace_id=" not in result.stderr
+    assert server.requests == []
+
+
 def test_replay_takes_the_connection_from_options(server: LocalServer, tmp_path: Path) -> None:
     fill(tmp_path, 3)
     options = ("--api-key", API_KEY, "--workspace-id", WORKSPACE, "--host", server.url)

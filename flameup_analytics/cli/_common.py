@@ -14,6 +14,8 @@ EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE = 0, 1, 2
 
 # The client options a command line can set, as the shell spells them.
 _FLAGS = {"api_key": "--api-key", "workspace_id": "--workspace-id", "host": "--host"}
+# How the client's errors advise a Python caller: "pass api_key=... or set FLAMEUP_API_KEY".
+_PYTHON_SPELLING = re.compile(r"\b(?P<option>api_key|workspace_id|host)=\.\.\.")
 
 
 class UsageError(Exception):
@@ -43,11 +45,8 @@ def client_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def configuration_message(error: ConfigurationError) -> str:
     """The error's text, with the advice it gives Python callers (``api_key=...``) in the shell's terms."""
-    message = str(error)
-    flag = _FLAGS.get(error.option or "")
-    if flag is None:
-        return message
-    # "pass api_key=..." becomes "pass --api-key"; "host" alone is also an English word, so only
-    # its "host=..." spelling is the option's.
-    spelling = r"\bhost=\.\.\." if error.option == "host" else rf"\b{error.option}\b(=\.\.\.)?"
-    return re.sub(spelling, flag, message)
+    message = _PYTHON_SPELLING.sub(lambda match: _FLAGS[match["option"]], str(error))
+    if error.option in ("api_key", "workspace_id"):
+        # Not English words (unlike "host"): every mention is the option's.
+        message = re.sub(rf"\b{error.option}\b", _FLAGS[error.option], message)
+    return message
