@@ -103,7 +103,10 @@ def main() -> int:
         for index in range(10):
             client.track(f"user_{index}", "app_opened", {"build": 42})
         client.identify("user_1", {"plan": "pro"})
-        delivered_all = client.flush(timeout=10)
+        # False here by design: some messages are made to fail. What matters is that every one
+        # reached its final state, so that the figures below are complete.
+        client.flush(timeout=10)
+        settled = client.stats().queued == 0
         metrics.report_stats(client.stats())
         client.shutdown()
 
@@ -112,7 +115,7 @@ def main() -> int:
     for line in sorted(set(received)):
         print(f"{line}  (x{received.count(line)})" if received.count(line) > 1 else line)
     print(f"# using {'statsd' if statsd else 'a plain UDP socket'}", file=sys.stderr)
-    return 0 if delivered_all else 1
+    return 0 if settled else 1
 
 
 if __name__ == "__main__":
