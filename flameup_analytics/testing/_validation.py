@@ -1,7 +1,7 @@
 """Internal. Request validation against the API description, ``openapi.yaml``, with openapi-core.
 
 openapi-core comes with the ``testing`` extra. Without it the server still runs, without this
-check: :func:`load` says which applies.
+check: :func:`load_validator` says which applies.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ _API_ORIGIN = "https://api.flameup.ai"
 _MAX_REASON = 1000
 
 
-def load(validate: bool | None) -> Validator | None:
+def load_validator(validate: bool | None) -> Validator | None:
     """The validator to use, or None for no validation.
 
     ``validate=None`` validates when openapi-core can be imported, ``True`` requires it

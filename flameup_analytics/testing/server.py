@@ -27,7 +27,7 @@ from . import _faults
 from ._faults import Fault, FaultAction
 from ._http import HTTPServer, shutdown_quietly
 from ._routes import KINDS, People, Reply, RequestKind, admit, parse_json, route
-from ._validation import SPEC_PATH, load
+from ._validation import SPEC_PATH, load_validator
 
 __all__ = ["SPEC_PATH", "Fault", "FaultAction", "LocalServer", "ReceivedRequest", "RequestKind"]
 
@@ -102,7 +102,7 @@ class LocalServer:
         self._host = host
         self._port = port
         # Loaded here so a missing openapi-core fails at construction, not in a handler thread.
-        self._validator = load(validate)
+        self._validator = load_validator(validate)
         self.on_request = on_request
         self._latency = 0.0
         self.latency = latency
