@@ -171,7 +171,7 @@ class DiskSpool:
         self._fd: int | None = None
         self._segment: Path | None = None
         self._written = 0
-        #: Segments that are full (or cut short) but not yet sealed: their lock still holds.
+        #: Segments that are full (or whose directory vanished) but not yet sealed: their lock holds.
         self._detached: list[int] = []
         self._closed = False
         #: Bytes of all segments in the directory, as last counted plus our own appends since.
@@ -257,8 +257,10 @@ class DiskSpool:
             self._written += written
             if self._used is not None:  # else counted afresh, with this write, by the next store
                 self._used += written
-            if error is not None or self._written >= self.segment_bytes:
-                self._detach()  # full, or a torn tail: the next write starts a new segment
+            if self._written >= self.segment_bytes:
+                self._detach()
+            # After a failed write the segment stays open (a new one per failure would litter a
+            # full disk with empty files); a torn tail in it is skipped when it is read.
             return _whole_frames(frames, written), error
         return 0, error or OSError(errno.ENOENT, "the spool directory was removed while it was written")
 

@@ -216,6 +216,18 @@ def test_a_store_that_fills_the_disk_counts_only_the_whole_records_it_wrote(
     assert reader.corrupt <= 1  # at most the torn record after the last whole one
 
 
+def test_a_full_disk_does_not_leave_a_segment_per_failed_store(small_disk: SmallDisk) -> None:
+    spool = DiskSpool(small_disk.root / "spool")
+    small_disk.fill()
+    for n in range(20):
+        assert spool.store([message(n)]) == 0
+    assert len(spool.segments()) <= 1
+    small_disk.free()
+    assert spool.store([message(20)]) == 1
+    spool.close()
+    assert keys(replay_all(small_disk.root / "spool")) == ["key-20"]
+
+
 # --- item 3: a full disk while replaying ------------------------------------------------------
 
 
