@@ -17,6 +17,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -56,13 +57,11 @@ class SpoolModel(RuleBasedStateMachine):
     def disk(self) -> Iterator[bool]:
         """The next operation's disk: full (every write fails with ENOSPC) once after ``disk_full``."""
         full, self.disk_full = self.disk_full, False
-        if full:
-            enospc = failing(errno.ENOSPC)
-            spool_module.os = FaultyOs(write=enospc, pwrite=enospc)  # type: ignore[assignment]
-        try:
+        with pytest.MonkeyPatch.context() as patch:
+            if full:
+                enospc = failing(errno.ENOSPC)
+                patch.setattr(spool_module, "os", FaultyOs(write=enospc, pwrite=enospc))
             yield full
-        finally:
-            spool_module.os = os
 
     @rule(count=st.integers(1, 5))
     def store(self, count: int) -> None:
