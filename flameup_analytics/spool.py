@@ -220,13 +220,7 @@ class DiskSpool:
         already on disk is never dropped to make room."""
         if self._used is None:
             self._used = self._measure()
-        room = self.max_bytes - self._used
-        fitting = 0
-        for frame in frames:
-            room -= len(frame)
-            if room < 0:
-                break
-            fitting += 1
+        fitting = _frames_within(frames, self.max_bytes - self._used)
         if fitting < len(frames):
             self.dropped_at_cap += len(frames) - fitting
             self.warnings.warn(
@@ -261,7 +255,7 @@ class DiskSpool:
                 self._detach()
             # After a failed write the segment stays open (a new one per failure would litter a
             # full disk with empty files); a torn tail in it is skipped when it is read.
-            return _whole_frames(frames, written), error
+            return _frames_within(frames, written), error
         return 0, error or OSError(errno.ENOENT, "the spool directory was removed while it was written")
 
     def _reachable(self) -> bool:
@@ -433,12 +427,12 @@ def _write_fully(fd: int, data: bytes) -> tuple[int, OSError | None]:
     return written, None
 
 
-def _whole_frames(frames: list[bytes], written: int) -> int:
-    """How many of ``frames``, written one after the other, fit entirely in ``written`` bytes."""
+def _frames_within(frames: list[bytes], size: int) -> int:
+    """How many of ``frames``, one after the other, fit entirely in ``size`` bytes."""
     count = 0
     for frame in frames:
-        written -= len(frame)
-        if written < 0:
+        size -= len(frame)
+        if size < 0:
             break
         count += 1
     return count
