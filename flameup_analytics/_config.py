@@ -50,6 +50,14 @@ def flag(option: str, value: Any) -> bool:
     return value
 
 
+def choice(option: str, value: Any, allowed: tuple[str, ...]) -> Any:
+    if value not in allowed:
+        raise ConfigurationError(
+            f"{option} must be one of {', '.join(map(repr, allowed))}, not {value!r}", option=option
+        )
+    return value
+
+
 def optional_callable(option: str, value: Any) -> Any:
     if value is not None and not callable(value):
         raise ConfigurationError(f"{option} must be callable, not {type(value).__name__}", option=option)

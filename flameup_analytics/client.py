@@ -16,8 +16,10 @@ from typing import Any, Literal, Protocol
 
 from . import _config, lifecycle, spool
 from ._version import __version__
+from .connections import RequestTemplate, carrier_for
 from .delivery import Outcome, Result, api_error, deliver
 from .errors import APIError, ConfigurationError, DeliveryError
+from .lanes import Ordering
 from .ledger import ErrorCallback, Ledger, OutcomeCallback, Stats
 from .message import (
     IDENTIFY,
@@ -78,7 +80,7 @@ class Client:
         flush_at: int = 100,
         flush_interval: float = 0.5,
         max_queue_size: int = 10_000,
-        max_concurrency: int = 8,
+        max_concurrency: int = 128,
         timeout: float = 10.0,
         max_retries: int = _UNSET,
         max_message_bytes: int = 32 * 1024,
@@ -94,6 +96,7 @@ class Client:
         handle_signals: bool = False,
         worker_idle_timeout: float = 60.0,
         on_outcome: OutcomeCallback | None = None,
+        ordering: Ordering = "relaxed",
     ) -> None:
         self.disabled = _config.flag("disabled", disabled)
         self.api_key = _config.api_key(api_key, self.disabled)
@@ -110,6 +113,7 @@ class Client:
         self.on_error = _config.optional_callable("on_error", on_error)
         self.on_outcome = _config.optional_callable("on_outcome", on_outcome)
         self.worker_idle_timeout = _config.seconds("worker_idle_timeout", worker_idle_timeout)
+        self.ordering: Ordering = _config.choice("ordering", ordering, ("relaxed", "strict"))
         max_spool_bytes = _config.count("max_spool_bytes", max_spool_bytes, 0)
         spool_dir = _config.spool_dir(spool_dir)
         transport = _config.transport(transport)
@@ -133,6 +137,9 @@ class Client:
             "Content-Type": "application/json",
             "Accept": "application/json",
             "User-Agent": USER_AGENT,
+        }
+        self._templates = {
+            kind: RequestTemplate("POST", url, self._headers) for kind, url in self._urls.items()
         }
         self._spool: DiskSpool | None = None
         if spool_dir is not False and not disabled and spool.AVAILABLE:
@@ -234,12 +241,15 @@ class Client:
             worker = Worker(
                 self._queue,
                 self._ledger,
-                self._deliver_message,
+                carrier_for(self._transport, self._queue.wakeup, self.max_concurrency),
+                self._templates,
+                retry=self.retry,
+                timeout=self.timeout,
                 batch_size=self.flush_at,
                 flush_interval=self.flush_interval,
                 max_concurrency=self.max_concurrency,
+                ordering=self.ordering,
                 spool=self._spool,
-                retry=self.retry,
                 idle_timeout=self.worker_idle_timeout,
                 may_retire=self._retire_worker,
             )
@@ -457,7 +467,10 @@ class Client:
         queued = worker.unsettled_count() if worker else len(self._queue)
         enqueued = self._queue.mark() + self._bypassed
         corrupt = self._spool.corrupt if self._spool is not None else 0
-        return self._ledger.snapshot(queued=queued, enqueued=enqueued, corrupt=corrupt)
+        concurrency = worker.concurrency_limit if worker else 0
+        return self._ledger.snapshot(
+            queued=queued, enqueued=enqueued, corrupt=corrupt, concurrency=concurrency
+        )
 
     def __enter__(self) -> Client:
         return self

@@ -52,6 +52,42 @@ def api_error(response: Response) -> APIError:
     return APIError(response.error_message(), status=response.status, body=response.body)
 
 
+def judge(response: Response | None, error: FlameupError | None, policy: RetryPolicy) -> Verdict:
+    """What one attempt's answer (or the lack of one) means: a final result, or worth a retry."""
+    if response is None:
+        assert error is not None
+        if isinstance(error, ConfigurationError):
+            return Verdict(Result.MISCONFIGURED, error)
+        return Verdict(None, error, overload=True)
+    status = response.status
+    if 200 <= status < 300:
+        return Verdict(Result.DELIVERED, None)
+    failure = api_error(response)
+    if status in AUTH_STATUSES:
+        return Verdict(Result.UNAUTHORIZED, failure)
+    if 300 <= status < 400:
+        return Verdict(Result.MISDIRECTED, failure)
+    if not policy.is_retryable(status):
+        return Verdict(Result.REJECTED, failure)
+    retry_after = parse_retry_after(response.header("Retry-After"))
+    return Verdict(None, failure, retry_after, overload=status in OVERLOAD_STATUSES)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """:func:`judge`'s answer: ``result`` is None when the attempt is worth retrying."""
+
+    result: Result | None
+    error: FlameupError | None
+    retry_after: float | None = None
+    #: Whether it says the API (or the way to it) is overloaded: the concurrency limit shrinks.
+    overload: bool = False
+
+
+#: Answers that mean "too much": fewer requests in flight, not only a later retry.
+OVERLOAD_STATUSES = frozenset({429, 502, 503, 504})
+
+
 def deliver(
     transport: Transport,
     request: Request,
@@ -65,6 +101,7 @@ def deliver(
 ) -> Outcome:
     """Send ``request`` until it succeeds, fails for good, runs out of retries or is aborted.
 
+    Blocking, in the calling thread: for the synchronous calls and ``sync_mode``.
     ``deadline`` (a ``time.monotonic()`` value) bounds the whole call, waits and attempts included.
     Waits between attempts end early when ``abort`` is set, so shutdown deadlines hold.
     """
@@ -75,34 +112,21 @@ def deliver(
         attempt_timeout = timeout if deadline is None else min(timeout, deadline - time.monotonic())
         if attempt_timeout <= 0:
             return Outcome(Result.EXHAUSTED, attempts - 1, error=TransportError("deadline passed"))
-        retry_after = None
         response: Response | None = None
+        error: FlameupError | None = None
         if on_attempt is not None:
             on_attempt()
         try:
             response = transport.send(request, attempt_timeout)
-        except TransportError as exc:
-            error: FlameupError = exc
-        except ConfigurationError as exc:
-            return Outcome(Result.MISCONFIGURED, attempts, error=exc)
-        else:
-            status = response.status
-            if 200 <= status < 300:
-                return Outcome(Result.DELIVERED, attempts, response)
-            error = api_error(response)
-            if status in AUTH_STATUSES:
-                return Outcome(Result.UNAUTHORIZED, attempts, response, error)
-            if 300 <= status < 400:
-                return Outcome(Result.MISDIRECTED, attempts, response, error)
-            if not policy.is_retryable(status):
-                return Outcome(Result.REJECTED, attempts, response, error)
-            retry_after = parse_retry_after(response.header("Retry-After"))
-        if attempts > policy.max_retries:
-            return Outcome(Result.EXHAUSTED, attempts, response, error)
-        delay = policy.delay(waits, retry_after)
+        except (TransportError, ConfigurationError) as exc:
+            error = exc
+        verdict = judge(response, error, policy)
+        if verdict.result is not None:
+            return Outcome(verdict.result, attempts, response, verdict.error)
+        delay = None if attempts > policy.max_retries else policy.delay(waits, verdict.retry_after)
         if delay is None or (deadline is not None and time.monotonic() + delay >= deadline):
-            return Outcome(Result.EXHAUSTED, attempts, response, error)
+            return Outcome(Result.EXHAUSTED, attempts, response, verdict.error)
         if on_retry is not None:
             on_retry()
         if abort.wait(delay):
-            return Outcome(Result.ABORTED, attempts, response, error)
+            return Outcome(Result.ABORTED, attempts, response, verdict.error)

@@ -1,11 +1,11 @@
 """Exceptions raised by the SDK. Every one derives from :class:`FlameupError`::
 
-    FlameupError
-    ├── ConfigurationError (also a ValueError)   unusable options, at construction
-    ├── ValidationError (also a ValueError)      a call's arguments, at the call site
-    ├── APIError                                 a synchronous call failed for good
-    ├── TransportError                           no HTTP answer came (inside the transports)
-    └── DeliveryError                            given to on_error with undelivered messages
+FlameupError
+├── ConfigurationError (also a ValueError)   unusable options, at construction
+├── ValidationError (also a ValueError)      a call's arguments, at the call site
+├── APIError                                 a synchronous call failed for good
+├── TransportError                           no HTTP answer came (inside the transports)
+└── DeliveryError                            given to on_error with undelivered messages
 """
 
 from __future__ import annotations

@@ -91,6 +91,9 @@ class Stats:
     internal_errors: int
     #: Damaged places skipped while reading the spool (torn writes, bit flips, garbage).
     corrupt: int
+    #: The adaptive limit on requests in flight now (0 while no worker runs): it grows while a
+    #: backlog waits and answers stay fast, and shrinks on 429/503, timeouts and slower answers.
+    concurrency: int = 0
 
 
 class Ledger:
@@ -119,7 +122,7 @@ class Ledger:
         #: Rejections counted since the last warning about them, and when that was, by status.
         self._rejections: dict[int | None, tuple[int, float]] = {}
 
-    def snapshot(self, queued: int, enqueued: int, corrupt: int) -> Stats:
+    def snapshot(self, queued: int, enqueued: int, corrupt: int, concurrency: int = 0) -> Stats:
         with self._lock:
             return Stats(
                 queued=queued,
@@ -132,6 +135,7 @@ class Ledger:
                 replayed=self.replayed,
                 internal_errors=self.internal_errors,
                 corrupt=corrupt,
+                concurrency=concurrency,
             )
 
     def count_retry(self) -> None:

@@ -104,9 +104,11 @@ def test_fewer_than_flush_at_messages_go_after_flush_interval(
     assert server.tracks()[0].received_at - called >= 0.09
 
 
-def test_messages_of_one_user_arrive_in_call_order(server: LocalServer, make_client: ClientFactory) -> None:
+def test_strict_ordering_delivers_each_users_messages_in_call_order(
+    server: LocalServer, make_client: ClientFactory
+) -> None:
     server.add_fault(Fault(status=503, times=3))
-    client = make_client(flush_at=10, max_concurrency=4)
+    client = make_client(flush_at=10, max_concurrency=4, ordering="strict")
     for step in range(30):
         for user in ("a", "b", "c"):
             client.track(user, "step", {"n": step})
@@ -114,6 +116,41 @@ def test_messages_of_one_user_arrive_in_call_order(server: LocalServer, make_cli
     for user in ("a", "b", "c"):
         steps = [r.json["parameters"]["n"] for r in server.tracks() if r.json["external_id"] == user]
         assert steps == list(range(30))
+
+
+def test_an_identify_never_crosses_its_users_other_messages(
+    server: LocalServer, make_client: ClientFactory
+) -> None:
+    server.latency = 0.01
+    client = make_client(flush_at=200, max_concurrency=16)
+    for step in range(40):
+        client.track("a", "step", {"n": step})
+        if step % 10 == 9:
+            client.identify("a", {"step": step})
+    assert client.flush(timeout=20)
+    timeline = sorted(server.accepted, key=lambda r: r.received_at)
+    seen_tracks: set[int] = set()
+    for request in timeline:
+        if request.kind == "identify":
+            # Every track before it in call order was final before it was sent...
+            last = request.json["traits"]["step"]
+            assert seen_tracks >= set(range(last + 1))
+            # ...and no later one was sent before it was final.
+            assert max(seen_tracks) <= last
+        else:
+            seen_tracks.add(request.json["parameters"]["n"])
+    assert server.people["a"] == {"step": 39}  # last writer wins, as called
+
+
+def test_tracks_of_one_user_are_in_flight_together(server: LocalServer, make_client: ClientFactory) -> None:
+    server.latency = 0.2
+    client = make_client(flush_at=8, max_concurrency=8)
+    for step in range(4):
+        client.track("hot_user", "step", {"n": step})
+    assert client.flush(timeout=5)
+    arrivals = [request.received_at for request in server.tracks()]
+    # One at a time would spread the arrivals over 4 x 200 ms.
+    assert max(arrivals) - min(arrivals) < 0.2
 
 
 def test_requests_of_a_batch_are_sent_concurrently(server: LocalServer, make_client: ClientFactory) -> None:
@@ -146,7 +183,9 @@ def test_without_a_spool_exhausted_retries_drop_messages_in_order(
 ) -> None:
     server.add_fault(Fault(status=503, times=None, kind="track"))
     reported: list[tuple[fa.FlameupError, list[fa.Message]]] = []
-    client = make_client(max_retries=2, spool_dir=False, on_error=lambda e, m: reported.append((e, m)))
+    client = make_client(
+        max_retries=2, spool_dir=False, ordering="strict", on_error=lambda e, m: reported.append((e, m))
+    )
     for step in range(3):
         client.track("user_1", "step", {"n": step})
     assert settled_short_of_the_api(client, timeout=5)

@@ -299,7 +299,9 @@ def test_messages_handed_on_behind_a_failed_one_report_no_attempt(
     server.add_fault(Fault(status=503, times=None))
     outcomes = Outcomes()
     # flush_at=2 with a long interval: both messages are in the same batch, so the same chain.
-    client = make_client(on_outcome=outcomes, max_retries=1, spool_dir=False, flush_at=2, flush_interval=30)
+    client = make_client(
+        on_outcome=outcomes, max_retries=1, spool_dir=False, flush_at=2, flush_interval=30, ordering="strict"
+    )
     client.track("u1", "first")
     client.track("u1", "second")
     assert settled_short_of_the_api(client)

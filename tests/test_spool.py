@@ -73,7 +73,7 @@ def test_an_outage_longer_than_the_retry_budget_is_recovered(
     server: LocalServer, make_client: ClientFactory, tmp_path: Path
 ) -> None:
     outage = server.add_fault(Fault(status=503, times=None))
-    client = make_client(max_retries=1, spool_dir=tmp_path / "spool")
+    client = make_client(max_retries=1, spool_dir=tmp_path / "spool", ordering="strict")
     for n in range(10):
         client.track(f"user_{n % 3}", "clicked", {"n": n})
     assert settled_short_of_the_api(client, timeout=10)

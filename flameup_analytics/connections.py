@@ -1,0 +1,582 @@
+"""The I/O that carries the worker's requests: many in flight at once, for few CPU microseconds.
+
+The API has no bulk endpoint, so the worker keeps many single-message requests in flight. Two
+carriers do that behind one interface (``start``, ``poll``, ``close``):
+
+- :class:`LoopCarrier`, for the default :class:`~flameup_analytics.HTTPTransport`: one event loop,
+  in the worker's own thread, drives every keep-alive connection. It writes each request as one
+  prebuilt byte string, reads and parses the answers itself, and wakes once for all the answers
+  that arrived together: no thread per request, so no GIL hand-off per answer. New connections
+  (DNS, TCP, a proxy's CONNECT, the TLS handshake: blocking steps) are opened by a short-lived
+  helper thread with the transport's own code, within the attempt's deadline, then handed over.
+- :class:`ThreadCarrier`, for any other transport (``MockTransport``, ``RequestsTransport``,
+  yours): sender threads call ``transport.send()``; finished exchanges come back to the worker.
+
+Both bound each attempt by one deadline (connect, send, the complete answer) and cap what an
+answer may hold (:data:`~flameup_analytics.transport.MAX_RESPONSE_BYTES`). The worker's wake-up
+pipe is part of every ``poll``, so callers, ``flush()`` and ``shutdown()`` interrupt it.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import errno
+import selectors
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from queue import SimpleQueue
+from typing import Any, Protocol
+
+from . import transport as transport_module
+from ._redact import redact_text
+from .errors import ConfigurationError, FlameupError, TransportError
+from .queue import Wakeup
+from .transport import HTTPTransport, Request, Response, Transport
+
+_READ_SIZE = 256 * 1024
+_MAX_HEAD = 64 * 1024
+
+
+@dataclass(frozen=True, eq=False)  # compared by identity: a key of the loop's route cache
+class RequestTemplate:
+    """What every request of one kind shares: all but the body and the idempotency key."""
+
+    method: str
+    url: str
+    headers: Mapping[str, str]
+
+    def request(self, key: str, body: bytes) -> Request:
+        headers = dict(self.headers)
+        headers["Idempotency-Key"] = key
+        return Request(self.method, self.url, headers, body)
+
+
+class Exchange:
+    """One attempt to send a message: what to send, by when, and what came back.
+
+    The worker keeps its own bookkeeping in a subclass; the carriers read ``template``, ``key``,
+    ``body`` and ``deadline`` and fill in ``response`` or ``error``.
+    """
+
+    __slots__ = ("body", "deadline", "error", "key", "response", "sent_at", "template")
+
+    def __init__(self, template: RequestTemplate, key: str, body: bytes) -> None:
+        self.template = template
+        self.key = key
+        self.body = body
+        self.deadline = 0.0
+        self.sent_at = 0.0
+        self.response: Response | None = None
+        self.error: FlameupError | None = None
+
+
+class Carrier(Protocol):
+    def start(self, exchange: Exchange, timeout: float) -> None:
+        """Begin an attempt, bounded by ``timeout`` seconds in all."""
+
+    def poll(self, timeout: float | None) -> list[Exchange]:
+        """Wait until an attempt ends, the wake-up is set, or ``timeout`` passes; the ended ones."""
+
+    def close(self) -> None:
+        """Stop: close every connection. Attempts in flight end without a result."""
+
+
+def carrier_for(transport: Transport, wakeup: Wakeup, max_concurrency: int) -> Carrier:
+    if type(transport) is HTTPTransport:
+        return LoopCarrier(transport, wakeup)
+    return ThreadCarrier(transport, wakeup, max_concurrency)
+
+
+# --- any transport: sender threads ------------------------------------------------------------
+
+
+class ThreadCarrier:
+    """Runs ``transport.send()`` on daemon sender threads, started as needed (never more than the
+    number of attempts in flight). Not ``concurrent.futures``: its threads are joined at exit, so
+    one request hung on a dead server would hold the process open."""
+
+    def __init__(self, transport: Transport, wakeup: Wakeup, max_threads: int) -> None:
+        self._transport = transport
+        self._wakeup = wakeup
+        self._max_threads = max_threads
+        self._jobs: SimpleQueue[tuple[Exchange, float] | None] = SimpleQueue()
+        self._threads = 0
+        self._idle = 0
+        self._lock = threading.Lock()
+        self._done: collections.deque[Exchange] = collections.deque()
+        self._closed = False
+
+    def start(self, exchange: Exchange, timeout: float) -> None:
+        exchange.sent_at = time.monotonic()
+        exchange.deadline = exchange.sent_at + timeout
+        with self._lock:
+            start_thread = self._idle == 0 and self._threads < self._max_threads
+            if start_thread:
+                self._threads += 1
+            else:
+                self._idle -= 1
+        if start_thread:
+            threading.Thread(target=self._serve, name=f"flameup-sender-{self._threads}", daemon=True).start()
+        self._jobs.put((exchange, timeout))
+
+    def _serve(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            exchange, timeout = job
+            try:
+                request = exchange.template.request(exchange.key, exchange.body)
+                exchange.response = self._transport.send(request, timeout)
+            except (TransportError, ConfigurationError) as exc:
+                exchange.error = exc
+            except Exception as exc:
+                # A bug in a custom transport: the worker counts it and hands the message on.
+                exchange.error = _InternalError(exc)
+            self._done.append(exchange)
+            with self._lock:
+                self._idle += 1
+            self._wakeup.set()
+
+    def poll(self, timeout: float | None) -> list[Exchange]:
+        if not self._done:
+            self._wakeup.wait(timeout)
+        self._wakeup.clear()
+        done = self._done
+        return [done.popleft() for _ in range(len(done))]
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            threads, self._threads, self._idle = self._threads, 0, 0
+        for _ in range(threads):
+            self._jobs.put(None)
+
+
+class _InternalError(FlameupError):
+    """An exception a custom transport raised instead of returning or raising TransportError."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(f"internal error: {cause!r}")
+        self.cause = cause
+
+
+def internal_error_of(exchange: Exchange) -> BaseException | None:
+    """The unexpected exception behind a failed attempt, if a bug caused it."""
+    error = exchange.error
+    return error.cause if isinstance(error, _InternalError) else None
+
+
+# --- the default transport: one event loop --------------------------------------------------------
+
+
+class _Connection:
+    """A keep-alive connection owned by the loop, and the attempt it carries (if any)."""
+
+    __slots__ = ("answered", "buffer", "exchange", "pool", "reused", "sock", "unsent")
+
+    def __init__(self, sock: socket.socket, pool: object) -> None:
+        self.sock = sock
+        self.pool = pool
+        self.exchange: Exchange | None = None
+        self.buffer = bytearray()
+        self.unsent = b""
+        #: Whether this connection carried an attempt before the current one.
+        self.reused = False
+        #: Whether any byte of the current answer arrived.
+        self.answered = False
+
+
+class _Route:
+    """What the loop needs of one URL: which pool, and the request's bytes before the body."""
+
+    __slots__ = ("pool", "prefix", "transport_route")
+
+    def __init__(self, pool: object, prefix: bytes, transport_route: Any) -> None:
+        self.pool = pool
+        self.prefix = prefix
+        self.transport_route = transport_route
+
+
+class LoopCarrier:
+    """Every attempt of the worker on one ``selectors`` loop, in the worker's thread."""
+
+    def __init__(self, transport: HTTPTransport, wakeup: Wakeup) -> None:
+        self._transport = transport
+        self._wakeup = wakeup
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(wakeup.fileno(), selectors.EVENT_READ, None)
+        self._routes: dict[RequestTemplate, _Route] = {}
+        self._idle: dict[object, list[_Connection]] = {}
+        self._busy: set[_Connection] = set()
+        #: Attempts waiting for a new connection, and connections (or errors) that helpers made.
+        self._connecting = 0
+        self._connected: collections.deque[tuple[Exchange, _Route, object]] = collections.deque()
+        self._done: list[Exchange] = []
+        self._closed = False
+        self._lock = threading.Lock()
+
+    # --- starting an attempt -------------------------------------------------------------------
+
+    def start(self, exchange: Exchange, timeout: float) -> None:
+        exchange.sent_at = now = time.monotonic()
+        exchange.deadline = now + timeout
+        exchange.response = exchange.error = None
+        try:
+            route = self._routes.get(exchange.template) or self._route(exchange.template)
+        except ConfigurationError as exc:
+            exchange.error = exc
+            self._done.append(exchange)
+            return
+        idle = self._idle.get(route.pool)
+        if idle:
+            self._send(idle.pop(), exchange, route)
+        else:
+            self._open(exchange, route)
+
+    def _route(self, template: RequestTemplate) -> _Route:
+        transport_route = self._transport._route(template.url)  # raises ConfigurationError
+        host = transport_route.host
+        default_port = 443 if transport_route.scheme == "https" else 80
+        authority = host if transport_route.port == default_port else f"{host}:{transport_route.port}"
+        if ":" in host and not host.startswith("["):
+            authority = f"[{host}]" + (
+                "" if transport_route.port == default_port else f":{transport_route.port}"
+            )
+        lines = [f"{template.method} {transport_route.target} HTTP/1.1", f"Host: {authority}"]
+        lines += [f"{name}: {value}" for name, value in template.headers.items()]
+        lines += [f"{name}: {value}" for name, value in transport_route.proxy_headers.items()]
+        prefix = ("\r\n".join(lines) + "\r\n").encode("latin-1")
+        route = self._routes[template] = _Route(transport_route.pool, prefix, transport_route)
+        return route
+
+    def _open(self, exchange: Exchange, route: _Route) -> None:
+        """A new connection, made by a helper thread (its steps block), within the deadline."""
+        self._connecting += 1
+        threading.Thread(
+            target=self._connect, args=(exchange, route), name="flameup-connect", daemon=True
+        ).start()
+
+    def _connect(self, exchange: Exchange, route: _Route) -> None:
+        try:
+            connection = self._transport._connect(route.transport_route, exchange.deadline)
+            sock = connection.sock
+            connection.sock = None  # the loop owns the socket now; http.client must not close it
+            assert sock is not None
+            sock.setblocking(False)
+            result: object = sock
+        except (OSError, ssl.SSLError) as exc:
+            result = TransportError(redact_text(f"cannot connect: {type(exc).__name__}: {exc}"))
+        except TransportError as exc:
+            result = exc
+        with self._lock:
+            closed = self._closed
+            if not closed:
+                self._connected.append((exchange, route, result))
+        if closed and isinstance(result, socket.socket):
+            result.close()
+        self._wakeup.set()
+
+    def _send(self, connection: _Connection, exchange: Exchange, route: _Route) -> None:
+        body = exchange.body
+        data = b"".join(
+            (
+                route.prefix,
+                b"Idempotency-Key: ",
+                exchange.key.encode("latin-1"),
+                b"\r\nContent-Length: ",
+                str(len(body)).encode(),
+                b"\r\n\r\n",
+                body,
+            )
+        )
+        connection.exchange = exchange
+        connection.answered = False
+        self._busy.add(connection)
+        try:
+            sent = connection.sock.send(data)
+        except (ssl.SSLWantWriteError, BlockingIOError):
+            sent = 0
+        except OSError as exc:
+            self._failed(connection, exc)
+            return
+        if sent < len(data):
+            connection.unsent = data[sent:]
+            self._selector.modify(connection.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, connection)
+
+    # --- waiting ---------------------------------------------------------------------------------
+
+    def poll(self, timeout: float | None) -> list[Exchange]:
+        if self._done or self._connected:
+            timeout = 0.0
+        if self._busy:
+            nearest = min(connection.exchange.deadline for connection in self._busy if connection.exchange)
+            left = max(0.0, nearest - time.monotonic())
+            timeout = left if timeout is None else min(timeout, left)
+        try:
+            events = self._selector.select(timeout)
+        except InterruptedError:
+            events = []
+        for key, mask in events:
+            connection = key.data
+            if connection is None:
+                self._wakeup.clear()
+            elif mask & selectors.EVENT_WRITE and connection.unsent:
+                self._write_more(connection)
+            elif mask & selectors.EVENT_READ:
+                self._read(connection)
+        while self._connected:
+            exchange, route, result = self._connected.popleft()
+            self._connecting -= 1
+            if isinstance(result, socket.socket):
+                connection = _Connection(result, route.pool)
+                self._selector.register(result, selectors.EVENT_READ, connection)
+                self._send(connection, exchange, route)
+            else:
+                assert isinstance(result, FlameupError)
+                exchange.error = result
+                self._done.append(exchange)
+        if self._busy:
+            now = time.monotonic()
+            for connection in [c for c in self._busy if c.exchange and c.exchange.deadline <= now]:
+                self._failed(connection, TimeoutError("no complete answer within the timeout"))
+        done, self._done = self._done, []
+        return done
+
+    def _write_more(self, connection: _Connection) -> None:
+        try:
+            sent = connection.sock.send(connection.unsent)
+        except (ssl.SSLWantWriteError, BlockingIOError):
+            return
+        except OSError as exc:
+            self._failed(connection, exc)
+            return
+        connection.unsent = connection.unsent[sent:]
+        if not connection.unsent:
+            self._selector.modify(connection.sock, selectors.EVENT_READ, connection)
+
+    def _read(self, connection: _Connection) -> None:
+        sock = connection.sock
+        try:
+            chunk = sock.recv(_READ_SIZE)
+            while isinstance(sock, ssl.SSLSocket) and sock.pending():
+                chunk += sock.recv(_READ_SIZE)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+            return
+        except OSError as exc:
+            self._failed(connection, exc)
+            return
+        if connection.exchange is None:
+            # Readable while idle: the server closed it (or sent what it should not have).
+            self._discard(connection)
+            return
+        if not chunk:
+            if connection.answered and _ends_at_close(connection.buffer):
+                self._answered(connection, closing=True)
+            else:
+                self._failed(connection, ConnectionResetError("the server closed the connection"))
+            return
+        connection.answered = True
+        connection.buffer += chunk
+        if len(connection.buffer) > transport_module.MAX_RESPONSE_BYTES + _MAX_HEAD:
+            self._failed(connection, _TooLarge())
+            return
+        try:
+            complete = _complete(connection.buffer)
+        except _Malformed as exc:
+            self._failed(connection, exc)
+            return
+        if complete:
+            self._answered(connection, closing=False)
+
+    # --- ending an attempt -----------------------------------------------------------------------
+
+    def _answered(self, connection: _Connection, closing: bool) -> None:
+        exchange = connection.exchange
+        assert exchange is not None
+        try:
+            status, headers, body, keep_alive = _parse(connection.buffer, at_close=closing)
+        except _Malformed as exc:
+            self._failed(connection, exc)
+            return
+        exchange.response = Response(status, headers, body)
+        self._done.append(exchange)
+        self._busy.discard(connection)
+        connection.exchange = None
+        connection.buffer = bytearray()
+        if closing or not keep_alive or self._closed:
+            self._discard(connection)
+        else:
+            connection.reused = True
+            self._idle.setdefault(connection.pool, []).append(connection)
+
+    def _failed(self, connection: _Connection, error: BaseException) -> None:
+        exchange = connection.exchange
+        self._discard(connection)
+        if exchange is None:
+            return
+        if connection.reused and not connection.answered and _closed_by_peer(error):
+            # A keep-alive connection the server (or a NAT, or a frozen runtime) had closed: once
+            # more on a fresh one, as the transport does. The idempotency key makes it harmless.
+            route = self._routes[exchange.template]
+            self._open(exchange, route)
+            return
+        if isinstance(error, (_TooLarge, _Malformed)):
+            exchange.error = TransportError(str(error))
+        else:
+            reason = "timed out" if isinstance(error, TimeoutError) else f"{type(error).__name__}: {error}"
+            exchange.error = TransportError(redact_text(reason))
+        self._done.append(exchange)
+
+    def _discard(self, connection: _Connection) -> None:
+        self._busy.discard(connection)
+        idle = self._idle.get(connection.pool)
+        if idle and connection in idle:
+            idle.remove(connection)
+        with contextlib.suppress(KeyError, ValueError, OSError):
+            self._selector.unregister(connection.sock)
+        with contextlib.suppress(OSError):
+            connection.sock.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+        for connection in [*self._busy, *(c for idle in self._idle.values() for c in idle)]:
+            with contextlib.suppress(OSError):
+                connection.sock.close()
+        self._busy.clear()
+        self._idle.clear()
+        with contextlib.suppress(OSError):
+            self._selector.close()
+
+
+def _closed_by_peer(error: BaseException) -> bool:
+    if isinstance(error, (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)):
+        return True
+    return isinstance(error, OSError) and error.errno in (errno.ECONNRESET, errno.EPIPE)
+
+
+# --- reading an answer ------------------------------------------------------------------------------
+
+
+class _Malformed(Exception):
+    """The answer is not HTTP/1.x the loop can read."""
+
+
+class _TooLarge(_Malformed):
+    def __init__(self) -> None:
+        super().__init__(f"the answer is larger than {transport_module.MAX_RESPONSE_BYTES} bytes")
+
+
+def _head_end(buffer: bytearray) -> int:
+    end = buffer.find(b"\r\n\r\n")
+    if end < 0:
+        if len(buffer) > _MAX_HEAD:
+            raise _Malformed("the answer's header section is too large")
+        return -1
+    return end + 4
+
+
+def _framing(head: bytes) -> tuple[int | None, bool, bool]:
+    """Content-Length (None if absent), whether it is chunked, and whether it keeps the connection."""
+    lowered = head.lower()
+    length: int | None = None
+    start = lowered.find(b"\r\ncontent-length:")
+    if start >= 0:
+        end = lowered.find(b"\r\n", start + 2)
+        text = lowered[start + 17 : end].strip()
+        if not text.isdigit():
+            raise _Malformed("invalid Content-Length")
+        length = int(text)
+    chunked = b"\r\ntransfer-encoding:" in lowered and b"chunked" in lowered
+    keep_alive = b"\r\nconnection: close" not in lowered and not lowered.startswith(b"http/1.0")
+    return length, chunked, keep_alive
+
+
+def _complete(buffer: bytearray) -> bool:
+    """Whether ``buffer`` holds one whole answer (raises _Malformed for what cannot become one)."""
+    end = _head_end(buffer)
+    if end < 0:
+        return False
+    if not buffer.startswith(b"HTTP/1."):
+        raise _Malformed("not an HTTP/1.x answer")
+    status = _status(buffer)
+    if 100 <= status < 200:  # an interim answer: the real one follows it
+        del buffer[:end]
+        return _complete(buffer)
+    length, chunked, _ = _framing(bytes(buffer[:end]))
+    if chunked:
+        return _chunks(buffer, end) is not None
+    if length is not None:
+        if length > transport_module.MAX_RESPONSE_BYTES:
+            raise _TooLarge()
+        return len(buffer) - end >= length
+    return status in (204, 304)  # otherwise the body ends when the connection does
+
+
+def _ends_at_close(buffer: bytearray) -> bool:
+    """An answer whose body is delimited by the end of the connection, complete now that it ended."""
+    end = _head_end(buffer)
+    if end < 0:
+        return False
+    length, chunked, _ = _framing(bytes(buffer[:end]))
+    return length is None and not chunked
+
+
+def _status(buffer: bytearray) -> int:
+    try:
+        return int(buffer[9:12])
+    except ValueError:
+        raise _Malformed("an answer without a status") from None
+
+
+def _chunks(buffer: bytearray, offset: int) -> bytes | None:
+    """The decoded body of a chunked answer, or None if it has not all arrived."""
+    parts: list[bytes] = []
+    total = 0
+    while True:
+        line_end = buffer.find(b"\r\n", offset)
+        if line_end < 0:
+            return None
+        size_text = bytes(buffer[offset:line_end]).split(b";", 1)[0].strip()
+        try:
+            size = int(size_text, 16)
+        except ValueError:
+            raise _Malformed("malformed chunk size") from None
+        if size == 0:
+            return b"".join(parts) if buffer.find(b"\r\n\r\n", line_end) >= 0 else None
+        total += size
+        if total > transport_module.MAX_RESPONSE_BYTES:
+            raise _TooLarge()
+        start = line_end + 2
+        if len(buffer) < start + size + 2:
+            return None
+        parts.append(bytes(buffer[start : start + size]))
+        offset = start + size + 2
+
+
+def _parse(buffer: bytearray, at_close: bool) -> tuple[int, dict[str, str], bytes, bool]:
+    end = _head_end(buffer)
+    head = bytes(buffer[:end])
+    status = _status(buffer)
+    headers: dict[str, str] = {}
+    for line in head.split(b"\r\n")[1:]:
+        name, separator, value = line.partition(b":")
+        if separator:
+            headers[name.decode("latin-1").strip()] = value.decode("latin-1").strip()
+    length, chunked, keep_alive = _framing(head)
+    if chunked:
+        body = _chunks(buffer, end)
+        if body is None:
+            raise _Malformed("the chunked answer ended early")
+    elif length is not None:
+        body = bytes(buffer[end : end + length])
+    elif at_close:
+        body = bytes(buffer[end:])
+        if len(body) > transport_module.MAX_RESPONSE_BYTES:
+            raise _TooLarge()
+    else:
+        body = b""
+    return status, headers, body, keep_alive and not at_close
