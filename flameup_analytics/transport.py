@@ -1,34 +1,60 @@
 """Transports: how one HTTP request reaches the API.
 
 The worker and the synchronous calls speak to a :class:`Transport`; the default one is
-:class:`RequestsTransport`. Tests and unusual environments plug in their own, e.g. :class:`MockTransport`.
+:class:`HTTPTransport`. Tests and unusual environments plug in their own, e.g. :class:`MockTransport`.
+
+In both bundled transports ``send(request, timeout)`` bounds the whole attempt by one deadline,
+``timeout`` seconds after it starts: connecting (through a proxy's CONNECT tunnel and the TLS
+handshake included), sending the request, and receiving the status line, the headers and the complete
+body. A server that answers slowly, even one byte at a time, costs at most ``timeout``. (Resolving
+the host name is left to the system's resolver and its own timeout.) An answer is read up to
+:data:`MAX_RESPONSE_BYTES` of body and :data:`MAX_HEADER_BYTES` of head; a larger one is a failed
+attempt. Either failure raises :class:`TransportError` and closes the connection: it never goes back
+to the pool half-read.
 """
 
 from __future__ import annotations
 
 import base64
 import http.client
+import io
 import json
 import os
 import select
 import socket
 import ssl
 import threading
+import time
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 import requests
 import requests.adapters
+import urllib3
+import urllib3.connection
+import urllib3.exceptions
 from requests.structures import CaseInsensitiveDict
 from requests.utils import DEFAULT_CA_BUNDLE_PATH, get_environ_proxies
 
-from .errors import TransportError
+from ._redact import redact_text, redact_url
+from .errors import ConfigurationError, TransportError
+
+#: The largest response body read, in bytes (1 MiB). The API's answers are a few hundred bytes;
+#: a larger one is refused as a failed attempt (``TransportError``), so a broken or hostile server
+#: or proxy cannot make the SDK hold more than this in memory.
+MAX_RESPONSE_BYTES = 1024 * 1024
+
+#: The largest head (status line and header section) read, in bytes (64 KiB). ``http.client``
+#: alone would accept 100 lines of 64 KiB each.
+MAX_HEADER_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
 class Request:
+    """One HTTP request as the SDK builds it: method, absolute URL, headers and the JSON body."""
+
     method: str
     url: str
     headers: Mapping[str, str]
@@ -37,6 +63,8 @@ class Request:
 
 @dataclass(frozen=True)
 class Response:
+    """One HTTP answer: status, headers and the complete body (at most :data:`MAX_RESPONSE_BYTES`)."""
+
     status: int
     headers: Mapping[str, str] = field(default_factory=dict)
     body: bytes = b""
@@ -50,6 +78,7 @@ class Response:
         return None
 
     def json(self) -> Any:
+        """The body decoded as JSON; None for an empty body. Raises ``ValueError`` if it is not JSON."""
         return json.loads(self.body) if self.body else None
 
     def error_message(self) -> str:
@@ -63,11 +92,19 @@ class Response:
 
 @runtime_checkable
 class Transport(Protocol):
-    """Sends one request and returns the answer, or raises :class:`TransportError` when none came."""
+    """Sends one request and returns the answer, or raises :class:`TransportError` when none came.
 
-    def send(self, request: Request, timeout: float) -> Response: ...
+    ``send`` is called concurrently from up to ``max_concurrency`` sender threads (and from the
+    threads making synchronous calls): it must be thread-safe.
+    """
 
-    def close(self) -> None: ...
+    def send(self, request: Request, timeout: float) -> Response:
+        """Send ``request`` once; ``timeout`` (seconds) should bound the whole attempt."""
+        ...
+
+    def close(self) -> None:
+        """Release pooled connections; called once, when the client shuts down."""
+        ...
 
 
 def configured_ca_bundle() -> str | None:
@@ -80,10 +117,171 @@ def tls_context(ca_bundle: str | None = None) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=ca_bundle or DEFAULT_CA_BUNDLE_PATH)
 
 
+# --- one deadline for every step of an attempt, a cap on every answer ----------------------------
+
+
+def _time_left(deadline: float) -> float:
+    """Seconds until ``deadline``, for the next socket operation; TimeoutError once it has passed."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("timed out")
+    return left
+
+
+class _AnswerTooLarge(http.client.HTTPException):
+    """The server sent more than the SDK reads; the connection cannot be reused."""
+
+
+_BODY_TOO_LARGE = f"answer larger than {MAX_RESPONSE_BYTES // 1024 // 1024} MiB"
+_HEAD_TOO_LARGE = f"answer's header section larger than {MAX_HEADER_BYTES // 1024} KiB"
+
+
+class _AnswerReader(io.RawIOBase):
+    """The socket as one answer is read from it.
+
+    Every receive waits only for the time left before the attempt's deadline, so a server dripping
+    bytes cannot stretch the attempt; at most ``allowance`` more bytes may arrive.
+    """
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        self._sock = sock
+        # A file of the socket keeps it open while this reads: http.client closes the connection
+        # and hands its socket to the answer when the server says "Connection: close".
+        self._file = sock.makefile("rb", buffering=0)
+        self._deadline = deadline
+        self.allowance = MAX_HEADER_BYTES
+        self.refusal = _HEAD_TOO_LARGE
+
+    def makefile(self, mode: str) -> io.BufferedReader:
+        """What ``http.client.HTTPResponse`` asks its socket for."""
+        return io.BufferedReader(self)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("timed out")
+        self._sock.settimeout(left)
+        received = self._sock.recv_into(buffer)
+        self.allowance -= received
+        if self.allowance < 0:
+            raise _AnswerTooLarge(self.refusal)
+        return received
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+
+class _Answer(http.client.HTTPResponse):
+    """An ``http.client`` answer read by the deadline and within :data:`MAX_HEADER_BYTES` of head."""
+
+    def __init__(self, sock: socket.socket, deadline: float, method: str | None = None) -> None:
+        self._reader = _AnswerReader(sock, deadline)
+        super().__init__(cast(socket.socket, self._reader), method=method)
+
+    def begin(self) -> None:
+        super().begin()
+        # The head is in; the body (chunk framing and trailers included) gets its own allowance.
+        self._reader.allowance = MAX_RESPONSE_BYTES + MAX_HEADER_BYTES
+        self._reader.refusal = _BODY_TOO_LARGE
+
+
+def _refuse_beyond_cap(body_size: int | None) -> None:
+    """:class:`_AnswerTooLarge` if a body of ``body_size`` bytes (declared or read) is over the cap."""
+    if body_size is not None and body_size > MAX_RESPONSE_BYTES:
+        raise _AnswerTooLarge(_BODY_TOO_LARGE)
+
+
+# --- proxies and URLs ------------------------------------------------------------------------------
+
+
+def _origin(url: str) -> str:
+    return "/".join(url.split("/", 3)[:3])
+
+
+def _usable_proxy(url: str) -> str | None:
+    """The environment's proxy for ``url`` (``HTTPS_PROXY``/``HTTP_PROXY``, ``NO_PROXY`` honoured).
+
+    Raises :class:`ConfigurationError` for what no retry can fix: a URL that is not ``http(s)://``
+    with a host, or a proxy other than ``http://host[:port]``.
+    """
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or not _has_valid_port(parts):
+        raise ConfigurationError(
+            f"cannot send to {redact_url(url)}: not an http:// or https:// URL with a host",
+            option="host",
+            env="FLAMEUP_HOST",
+        )
+    proxy_url = get_environ_proxies(url).get(parts.scheme)
+    if not proxy_url:
+        return None
+    if "://" not in proxy_url:  # "proxy:3128" means http://, as for requests and curl
+        proxy_url = "http://" + proxy_url
+    proxy = urllib.parse.urlsplit(proxy_url)
+    if proxy.scheme != "http" or not proxy.hostname or not _has_valid_port(proxy):
+        env = "HTTPS_PROXY" if parts.scheme == "https" else "HTTP_PROXY"
+        # A password holding "/" or "#" unencoded splits the URL elsewhere: redact_url could
+        # not find all of it, so such a URL is not shown at all.
+        shown = redact_url(proxy_url) if _has_valid_port(proxy) else f"in {env}"
+        raise ConfigurationError(
+            f"cannot use the proxy {shown} for {parts.scheme}:// requests: only "
+            f"http://[user:password@]host:port proxies are supported (HTTPS goes through a CONNECT "
+            f"tunnel); fix {env}, or exclude {parts.hostname} with NO_PROXY",
+            option="proxies",
+            env=env,
+        )
+    return proxy_url
+
+
+def _has_valid_port(parts: urllib.parse.SplitResult) -> bool:
+    try:
+        parts.port  # noqa: B018 (parsed on access)
+    except ValueError:
+        return False
+    return True
+
+
+def _passwords(urls: list[str]) -> list[str]:
+    """The passwords in ``urls``, as written and decoded, to mask wherever they appear."""
+    found = []
+    for url in urls:
+        password = urllib.parse.urlsplit(url).password
+        if password:
+            found += [password, urllib.parse.unquote(password)]
+    return found
+
+
+def _chain(error: BaseException) -> Iterator[BaseException]:
+    """``error`` and everything linked to it: cause, context, and exceptions in its ``args``.
+
+    requests and urllib3 wrap the socket error in one or the other: look through all.
+    """
+    pending, seen = [error], set()
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        linked = [current.__cause__, current.__context__, *current.args]
+        pending += [item for item in linked if isinstance(item, BaseException)]
+
+
+def _closed_by_peer(error: BaseException) -> bool:
+    """Whether the connection was closed under us (not refused, not timed out)."""
+    closed = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
+    return any(isinstance(linked, closed) for linked in _chain(error))
+
+
 class _PooledTransport:
     """What both bundled transports share: keep-alive pools, proxies from the environment like
     ``requests`` reads them, a CA bundle from ``REQUESTS_CA_BUNDLE``, one transparent retry of a
-    connection the server had closed, and errors mapped to :class:`TransportError`."""
+    connection the server had closed, one deadline per attempt, and errors mapped to
+    :class:`TransportError` with credentials masked.
+    """
 
     #: The exceptions of the underlying library that mean "no answer came".
     _errors: tuple[type[BaseException], ...] = (OSError,)
@@ -91,34 +289,126 @@ class _PooledTransport:
     def __init__(self, pool_size: int) -> None:
         self._pool_size = pool_size
         self._ca_bundle = configured_ca_bundle()
-        self._proxies: dict[str, dict[str, str]] = {}
+        self._proxies: dict[str, str | None] = {}
 
-    def _proxies_for(self, url: str) -> dict[str, str]:
-        origin = "/".join(url.split("/", 3)[:3])
-        proxies = self._proxies.get(origin)
-        if proxies is None:  # a race here only looks the environment up twice
-            proxies = self._proxies[origin] = get_environ_proxies(url)
-        return proxies
+    def check_url(self, url: str) -> None:
+        """Raise :class:`ConfigurationError` now if no request to ``url`` can ever be sent.
+
+        That is: ``url`` is not ``http(s)://`` with a host, or the proxy the environment names for
+        it is not a plain ``http://`` proxy with a host. ``option``/``env`` name what to fix; no
+        password appears in the message.
+        """
+        self._proxy_for(url)
+
+    def _proxy_for(self, url: str) -> str | None:
+        origin = _origin(url)
+        if origin in self._proxies:
+            return self._proxies[origin]
+        # A race here only reads the environment twice; an unusable proxy is never cached.
+        proxy = self._proxies[origin] = _usable_proxy(url)
+        return proxy
 
     def send(self, request: Request, timeout: float) -> Response:
+        """Send ``request`` once and return the answer, whatever its status.
+
+        ``timeout`` bounds the whole attempt (connect, TLS, send, the complete answer). Raises
+        :class:`TransportError` when no complete answer came in time, or the answer was larger
+        than :data:`MAX_RESPONSE_BYTES`; :class:`ConfigurationError` when the URL or its proxy
+        cannot be used at all. Safe to call from several threads at once.
+        """
+        deadline = time.monotonic() + timeout
         try:
             try:
-                return self._send_once(request, timeout)
+                return self._send_once(request, deadline)
             except self._errors as exc:
-                if not _closed_by_peer(exc):
+                if not _closed_by_peer(exc) or time.monotonic() >= deadline:
                     raise
                 # A pooled keep-alive connection the server (or a NAT, or a frozen and thawed
-                # serverless runtime) had closed: once more, on a fresh connection. The
-                # idempotency key makes a duplicate harmless if the first one did arrive.
-                return self._send_once(request, timeout)
+                # serverless runtime) had closed: once more, on a fresh connection, by the same
+                # deadline. The idempotency key makes a duplicate harmless if the first one arrived.
+                return self._send_once(request, deadline)
         except self._errors as exc:
-            raise TransportError(f"{type(exc).__name__}: {exc}") from exc
+            message, chain_shows_a_password = self._describe(exc, request.url, timeout)
+            if chain_shows_a_password:  # a traceback would print it
+                raise TransportError(message) from None
+            raise TransportError(message) from exc
 
-    def _send_once(self, request: Request, timeout: float) -> Response:
+    def _describe(self, error: BaseException, url: str, timeout: float) -> tuple[str, bool]:
+        """``error`` as the SDK shows it, every password masked; and whether the text of an
+        exception in its chain shows one."""
+        linked = list(_chain(error))
+        too_large = next((item for item in linked if isinstance(item, _AnswerTooLarge)), None)
+        if too_large is not None:
+            text = str(too_large)
+        elif any(isinstance(item, TimeoutError) for item in linked):
+            text = f"timed out: no complete answer within the {timeout:g} s timeout ({type(error).__name__})"
+        else:
+            text = f"{type(error).__name__}: {error}"
+        secrets = _passwords([url, self._proxies.get(_origin(url)) or ""])
+        shows_a_password = any(redact_text(str(item), *secrets) != str(item) for item in linked)
+        return redact_text(text, *secrets), shows_a_password
+
+    def _send_once(self, request: Request, deadline: float) -> Response:
         raise NotImplementedError
 
     def close(self) -> None:
+        """Close every pooled connection; later sends open new ones."""
         raise NotImplementedError
+
+
+# --- HTTPTransport: http.client -------------------------------------------------------------------
+
+
+def _open_socket(address: tuple[str, int], deadline: float) -> socket.socket:
+    """A TCP connection to the first of ``address``'s addresses that accepts before ``deadline``.
+
+    ``socket.create_connection`` would give every address the whole timeout.
+    """
+    host, port = address
+    error: OSError = OSError(f"no address for {host}")
+    for family, kind, proto, _, sockaddr in socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM):
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.settimeout(_time_left(deadline))
+            sock.connect(sockaddr)
+            # Also the budget of the TLS handshake that may follow (one deadline for all of it).
+            sock.settimeout(_time_left(deadline))
+        except OSError as exc:
+            sock.close()
+            error = exc
+            continue
+        # http.client writes the head and the body of a request separately: with Nagle's
+        # algorithm on, the body would wait for the peer's (delayed) ACK of the head, up to 40 ms
+        # a request on a real network. urllib3 turns it off for the same reason.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+    raise error
+
+
+class _Connection(http.client.HTTPConnection):
+    """An ``http.client`` connection whose every step ends by ``deadline``, set before each request:
+    connect, a proxy's CONNECT, the TLS handshake, and every answer read from it."""
+
+    def __init__(self, host: str, port: int, deadline: float, **options: Any) -> None:
+        super().__init__(host, port, **options)
+        self.deadline = deadline
+        self._create_connection = self._connect_by_deadline
+
+    def _connect_by_deadline(
+        self, address: tuple[str, int], timeout: object = None, source_address: object = None
+    ) -> socket.socket:
+        return _open_socket(address, self.deadline)
+
+    # http.client builds both the answer to a request and the answer to a CONNECT with
+    # ``self.response_class(sock, method=...)``: a method here reads both by the deadline.
+    def response_class(  # type: ignore[override]
+        self, sock: socket.socket, debuglevel: int = 0, method: str | None = None, url: str | None = None
+    ) -> _Answer:
+        return _Answer(sock, self.deadline, method)
+
+
+class _TLSConnection(_Connection, http.client.HTTPSConnection):
+    pass
 
 
 @dataclass(frozen=True)
@@ -143,30 +433,42 @@ class HTTPTransport(_PooledTransport):
     bounds throughput; this one spends about a third of the CPU of a prepared request through a
     ``requests`` adapter (docs/benchmarks.md). Plain ``http://`` proxies are supported (HTTPS
     through a CONNECT tunnel); TLS is verified against ``requests``' CA bundle (certifi).
+
+    ``send``'s ``timeout`` bounds the whole attempt (connect, proxy tunnel, TLS handshake, request,
+    status line, headers and body); bodies over :data:`MAX_RESPONSE_BYTES` (1 MiB) are refused.
+    Both end in :class:`TransportError` and a closed connection. Safe to share between threads.
     """
 
     _errors = (OSError, http.client.HTTPException)
 
     def __init__(self, pool_size: int = 10) -> None:
         super().__init__(pool_size)
-        self._idle: dict[tuple[str, str, int, str], list[http.client.HTTPConnection]] = {}
+        self._idle: dict[tuple[str, str, int, str], list[_Connection]] = {}
         self._routes: dict[str, _Route] = {}
         self._lock = threading.Lock()
         self._tls: ssl.SSLContext | None = None
         self._closed = False
 
-    def _send_once(self, request: Request, timeout: float) -> Response:
+    def _send_once(self, request: Request, deadline: float) -> Response:
         route = self._routes.get(request.url) or self._route(request.url)
-        connection = self._checkout(route, timeout)
+        connection = self._checkout(route, deadline)
+        answer: http.client.HTTPResponse | None = None
         try:
-            connection.timeout = timeout
-            if connection.sock is not None:
-                connection.sock.settimeout(timeout)
+            connection.deadline = deadline
+            assert connection.sock is not None
+            connection.sock.settimeout(_time_left(deadline))
             headers = dict(request.headers, **route.proxy_headers) if route.proxy_headers else request.headers
             connection.request(request.method, route.target, request.body, headers)
             answer = connection.getresponse()
-            body = answer.read()
+            _refuse_beyond_cap(answer.length)
+            # A declared length is read whole (a short body raises IncompleteRead); chunked or
+            # until-close bodies only up to one byte past the cap.
+            body = answer.read() if answer.length is not None else answer.read(MAX_RESPONSE_BYTES + 1)
+            _refuse_beyond_cap(len(body))
         except BaseException:
+            # Half-read, or the answer holds the socket ("Connection: close"): close both.
+            if answer is not None:
+                answer.close()
             connection.close()
             raise
         if answer.will_close:
@@ -176,17 +478,14 @@ class HTTPTransport(_PooledTransport):
         return Response(answer.status, dict(answer.getheaders()), body)
 
     def _route(self, url: str) -> _Route:
+        proxy_url = self._proxy_for(url)
         parts = urllib.parse.urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise http.client.InvalidURL(f"cannot send to {url!r}")
+        assert parts.hostname is not None  # _proxy_for refused URLs without a host
         port = parts.port or (443 if parts.scheme == "https" else 80)
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        proxy_url = self._proxies_for(url).get(parts.scheme)
         proxy = urllib.parse.urlsplit(proxy_url) if proxy_url else None
         proxy_headers: dict[str, str] = {}
         if proxy is not None:
-            if proxy.scheme != "http" or not proxy.hostname:
-                raise http.client.InvalidURL(f"only http:// proxies are supported, not {proxy_url!r}")
             if proxy.username:
                 credentials = (
                     f"{urllib.parse.unquote(proxy.username)}:{urllib.parse.unquote(proxy.password or '')}"
@@ -210,7 +509,7 @@ class HTTPTransport(_PooledTransport):
         self._routes[url] = route
         return route
 
-    def _checkout(self, route: _Route, timeout: float) -> http.client.HTTPConnection:
+    def _checkout(self, route: _Route, deadline: float) -> _Connection:
         with self._lock:
             idle = self._idle.get(route.pool)
             while idle:
@@ -218,26 +517,25 @@ class HTTPTransport(_PooledTransport):
                 if not _closed_while_idle(connection):
                     return connection
                 connection.close()
-        return self._connect(route, timeout)
+        return self._connect(route, deadline)
 
-    def _connect(self, route: _Route, timeout: float) -> http.client.HTTPConnection:
+    def _connect(self, route: _Route, deadline: float) -> _Connection:
         host, port = (
             (route.proxy.hostname, route.proxy.port or 80) if route.proxy else (route.host, route.port)
         )
         assert host is not None
-        connection: http.client.HTTPConnection
+        connection: _Connection
         if route.scheme == "https":
-            connection = http.client.HTTPSConnection(host, port, timeout=timeout, context=self._tls_context())
+            connection = _TLSConnection(host, port, deadline, context=self._tls_context())
             if route.proxy is not None:
                 connection.set_tunnel(route.host, route.port, headers=route.tunnel_headers)
         else:
-            connection = http.client.HTTPConnection(host, port, timeout=timeout)
-        connection.connect()
-        assert connection.sock is not None
-        # http.client writes the head and the body of a request separately: with Nagle's
-        # algorithm on, the body would wait for the peer's (delayed) ACK of the head, up to 40 ms
-        # a request on a real network. urllib3 turns it off for the same reason.
-        connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            connection = _Connection(host, port, deadline)
+        try:
+            connection.connect()
+        except BaseException:
+            connection.close()
+            raise
         return connection
 
     def _tls_context(self) -> ssl.SSLContext:
@@ -245,7 +543,7 @@ class HTTPTransport(_PooledTransport):
             self._tls = tls_context(self._ca_bundle)
         return self._tls
 
-    def _checkin(self, route: _Route, connection: http.client.HTTPConnection) -> None:
+    def _checkin(self, route: _Route, connection: _Connection) -> None:
         with self._lock:
             idle = self._idle.setdefault(route.pool, [])
             if not self._closed and len(idle) < self._pool_size:
@@ -254,6 +552,7 @@ class HTTPTransport(_PooledTransport):
         connection.close()
 
     def close(self) -> None:
+        """Close every idle pooled connection; a connection in use closes when its request ends."""
         with self._lock:
             self._closed = True
             idle, self._idle = self._idle, {}
@@ -274,23 +573,79 @@ def _closed_while_idle(connection: http.client.HTTPConnection) -> bool:
     return bool(readable)
 
 
+# --- RequestsTransport: a requests adapter over urllib3 ---------------------------------------------
+
+#: The deadline of the attempt this thread is making through a RequestsTransport: urllib3 builds
+#: and reuses connections inside ``adapter.send``, out of reach of a per-call argument.
+_requests_attempt = threading.local()
+
+
+class _Urllib3Connection(urllib3.connection.HTTPConnection):
+    """urllib3's connection, with the same deadline-bound, capped answers as :class:`_Connection`."""
+
+    def _new_conn(self) -> socket.socket:
+        sock = super()._new_conn()
+        # The TLS handshake that may follow gets only what the connect left.
+        sock.settimeout(_time_left(_requests_attempt.deadline))
+        return sock
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        # urllib3 would set the socket's timeout for sending from the value fixed before connecting.
+        self.timeout = _time_left(_requests_attempt.deadline)
+        super().request(*args, **kwargs)
+
+    def response_class(  # type: ignore[override]
+        self, sock: socket.socket, debuglevel: int = 0, method: str | None = None, url: str | None = None
+    ) -> _Answer:
+        return _Answer(sock, _requests_attempt.deadline, method)
+
+
+class _Urllib3TLSConnection(_Urllib3Connection, urllib3.connection.HTTPSConnection):
+    pass
+
+
+class _Urllib3Pool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _Urllib3Connection
+
+
+class _Urllib3TLSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _Urllib3TLSConnection
+
+
+_URLLIB3_POOLS = {"http": _Urllib3Pool, "https": _Urllib3TLSPool}
+
+
+class _Adapter(requests.adapters.HTTPAdapter):
+    """An adapter whose pools (direct and through a proxy) make deadline-bound connections."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = _URLLIB3_POOLS
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        manager.pool_classes_by_scheme = _URLLIB3_POOLS
+        return manager
+
+
 class RequestsTransport(_PooledTransport):
     """``requests`` at the level that costs least per request: a prepared request sent straight
     through a pooled keep-alive ``HTTPAdapter``, skipping the Session's merging, hooks and cookies.
 
     Slower than :class:`HTTPTransport`; for code that mocks ``requests`` (``responses``) or needs
-    an adapter of its own.
+    an adapter of its own. Same guarantees: ``timeout`` bounds the whole attempt, bodies over
+    :data:`MAX_RESPONSE_BYTES` (1 MiB) are refused, plain ``http://`` proxies only.
+    Safe to share between threads.
     """
 
-    _errors = (requests.RequestException, OSError)
+    _errors = (requests.RequestException, urllib3.exceptions.HTTPError, OSError, http.client.HTTPException)
 
     def __init__(self, pool_size: int = 10) -> None:
         super().__init__(pool_size)
-        self._adapter = requests.adapters.HTTPAdapter(
-            pool_connections=1, pool_maxsize=pool_size, max_retries=0
-        )
+        self._adapter = _Adapter(pool_connections=1, pool_maxsize=pool_size, max_retries=0)
 
-    def _send_once(self, request: Request, timeout: float) -> Response:
+    def _send_once(self, request: Request, deadline: float) -> Response:
+        proxy_url = self._proxy_for(request.url)
         prepared = requests.PreparedRequest()
         prepared.method = request.method
         prepared.url = request.url
@@ -300,35 +655,29 @@ class RequestsTransport(_PooledTransport):
             headers["Content-Length"] = str(len(request.body))
         prepared.headers = headers
         prepared.body = request.body
+        _requests_attempt.deadline = deadline
+        connect_timeout = _time_left(deadline)
         answer = self._adapter.send(
             prepared,
-            timeout=timeout,
+            stream=True,
+            timeout=(connect_timeout, connect_timeout),
             verify=self._ca_bundle or True,
-            proxies=self._proxies_for(request.url),
+            proxies={urllib.parse.urlsplit(request.url).scheme: proxy_url} if proxy_url else {},
         )
-        body = answer.content  # reads the whole body, which returns the connection to the pool
+        try:
+            _refuse_beyond_cap(answer.raw.length_remaining)
+            # Decoded bytes: a small compressed body cannot expand past the cap either.
+            body = answer.raw.read(MAX_RESPONSE_BYTES + 1, decode_content=True)
+            _refuse_beyond_cap(len(body))
+        except BaseException:
+            answer.close()  # closes the half-read connection instead of pooling it
+            raise
+        # Read to its end: urllib3 has put the connection back in the pool.
         return Response(answer.status_code, answer.headers, body)
 
     def close(self) -> None:
+        """Close every pooled connection of the adapter."""
         self._adapter.close()
-
-
-def _closed_by_peer(error: BaseException) -> bool:
-    """Whether the connection was closed under us (not refused, not timed out).
-
-    requests and urllib3 wrap the socket error, in ``args`` or as cause/context: look through all.
-    """
-    pending, seen = [error], set()
-    while pending:
-        current = pending.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        if isinstance(current, (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)):
-            return True
-        linked = [current.__cause__, current.__context__, *current.args]
-        pending += [item for item in linked if isinstance(item, BaseException)]
-    return False
 
 
 class MockTransport:
@@ -343,9 +692,10 @@ class MockTransport:
         self._lock = threading.Lock()
 
     def send(self, request: Request, timeout: float) -> Response:
+        """Record ``request`` in :attr:`requests` and return ``handler(request)``; ``timeout`` is ignored."""
         with self._lock:
             self.requests.append(request)
         return self.handler(request)
 
     def close(self) -> None:
-        pass
+        """Nothing to release."""
