@@ -433,3 +433,26 @@ def test_what_a_sigkilled_writer_stored_is_replayed_in_order(tmp_path: Path) -> 
         writer.send_signal(signal.SIGKILL)
         writer.wait(timeout=30)
     assert keys(replay_all(tmp_path)) == [f"key-{n}" for n in range(40)]
+
+
+def test_a_forked_child_leaves_its_parents_unsealed_segments_alone(tmp_path: Path) -> None:
+    spool = DiskSpool(tmp_path, segment_bytes=2 * len(encode_record(message(0), 1.5)))
+    spool.store([message(n) for n in range(3)])  # a filled segment, not yet sealed
+    spool.store([message(3)])  # and an open one
+    pid = os.fork()
+    if pid == 0:  # the child: what the SDK's at-fork hook does, then a spill of its own
+        try:
+            spool.after_fork_in_child()
+            spool.store([message(100)])
+            spool.close()
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    readers = [SegmentReader.open(path) for path in spool.segments()]
+    # The parent's two are still locked: the child neither sealed nor unlocked them.
+    assert [reader is None for reader in readers] == [True, True, False]
+    for reader in readers:
+        if reader is not None:
+            reader.release()
+    spool.close()
+    assert sorted(keys(replay_all(tmp_path))) == sorted(f"key-{n}" for n in (0, 1, 2, 3, 100))
