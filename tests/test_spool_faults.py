@@ -211,9 +211,9 @@ def test_a_store_that_fills_the_disk_counts_only_the_whole_records_it_wrote(
     assert logged(caplog, "cannot write the spool") == 1
     spool.close()
     small_disk.free()
-    reader = DiskSpool(small_disk.root / "spool")
-    assert keys(replay_all(small_disk.root / "spool")) == [f"key-{n}" for n in range(kept + 1)]
-    assert reader.corrupt <= 1  # at most the torn record after the last whole one
+    later = DiskSpool(small_disk.root / "spool")
+    assert keys(replay_all(later)) == [f"key-{n}" for n in range(kept + 1)]
+    assert later.corrupt <= 1  # at most the torn record after the last whole one
 
 
 def test_a_full_disk_does_not_leave_a_segment_per_failed_store(small_disk: SmallDisk) -> None:

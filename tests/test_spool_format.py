@@ -34,9 +34,10 @@ def keys(messages: list[Message]) -> list[str]:
     return [m.key for m in messages]
 
 
-def replay_all(directory: Path) -> list[Message]:
-    """Replay every segment to the end, deleting each, as the worker does when all goes well."""
-    spool = DiskSpool(directory)
+def replay_all(where: Path | DiskSpool) -> list[Message]:
+    """Replay every segment to the end, deleting each, as the worker does when all goes well
+    (with a new spool on a directory: as another process would)."""
+    spool = DiskSpool(where) if isinstance(where, Path) else where
     replayed: list[Message] = []
     for reader in spool.claim():
         replayed += [record.message for record in reader.records]
