@@ -36,6 +36,12 @@ class MisbehavingServer:
         self._connections: list[socket.socket] = []
         self._threads: list[threading.Thread] = []
 
+    @property
+    def connections(self) -> int:
+        """How many connections clients opened so far."""
+        with self._lock:
+            return len(self._connections)
+
     def __enter__(self) -> MisbehavingServer:
         self._spawn(self._accept)
         return self

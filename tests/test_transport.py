@@ -15,6 +15,7 @@ import flameup_analytics as fa
 from flameup_analytics.testing import Fault, LocalServer
 
 from .conftest import API_KEY
+from .misbehaving import MisbehavingServer
 
 BODY = b'{"external_id":"u","event":"e"}'
 HEADERS = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
@@ -155,3 +156,53 @@ def test_pooled_connections_have_nagle_turned_off(server: LocalServer) -> None:
     assert connection.sock is not None
     assert connection.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
     transport.close()
+
+
+ANSWERS = {
+    "content-length": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}",
+    "chunked": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("transport_class", [fa.HTTPTransport, fa.RequestsTransport])
+@pytest.mark.parametrize("framing", sorted(ANSWERS))
+def test_one_kept_alive_connection_carries_consecutive_requests(
+    transport_class: type[fa.HTTPTransport] | type[fa.RequestsTransport], framing: str
+) -> None:
+    # Reading by a deadline and up to a cap must still read each answer to its end exactly.
+    with MisbehavingServer(lambda connection, _: connection.sendall(ANSWERS[framing])) as server:
+        transport = transport_class()
+        for _ in range(3):
+            assert (
+                transport.send(fa.Request("POST", server.url + "/x", HEADERS, BODY), timeout=5).body == b"{}"
+            )
+        transport.close()
+        assert server.connections == 1
+
+
+@pytest.mark.parametrize("transport_class", [fa.HTTPTransport, fa.RequestsTransport])
+def test_an_answer_that_closes_the_connection_is_read_whole(
+    transport_class: type[fa.HTTPTransport] | type[fa.RequestsTransport],
+) -> None:
+    # http.client hands the socket over to such an answer before its body is read.
+    body = b'{"success": true}' * 1000
+    answer = b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+    with MisbehavingServer(lambda connection, _: connection.sendall(answer)) as server:
+        transport = transport_class()
+        for _ in range(2):
+            assert (
+                transport.send(fa.Request("POST", server.url + "/x", HEADERS, BODY), timeout=5).body == body
+            )
+        transport.close()
+
+
+@pytest.mark.parametrize("transport_class", [fa.HTTPTransport, fa.RequestsTransport])
+def test_a_body_cut_short_is_a_transport_error(
+    transport_class: type[fa.HTTPTransport] | type[fa.RequestsTransport],
+) -> None:
+    def cut_short(connection: socket.socket, _: object) -> None:
+        connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{}")
+        connection.shutdown(socket.SHUT_WR)
+
+    with MisbehavingServer(cut_short) as server, pytest.raises(fa.TransportError):
+        transport_class().send(fa.Request("POST", server.url + "/x", HEADERS, BODY), timeout=5)
