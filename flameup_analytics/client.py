@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import os
@@ -67,8 +66,27 @@ _recorder: _Recorder | None = None
 class Client:
     """A Flameup client: non-blocking ``track``/``identify`` plus the synchronous API calls.
 
-    See ``docs/configuration.md`` for every option. Safe to share between threads; create one per
-    process and reuse it.
+    Safe to share between threads; create one per process and reuse it. The main options (every
+    one is listed in the configuration guide):
+
+    - ``api_key``, ``workspace_id``, ``host``: default to ``$FLAMEUP_API_KEY``,
+      ``$FLAMEUP_WORKSPACE_ID`` and ``$FLAMEUP_HOST`` (else ``https://api.flameup.ai``).
+    - ``flush_at`` (100) and ``flush_interval`` (0.5 s): delivery starts when this many messages
+      wait, or after this long.
+    - ``max_queue_size`` (10,000): messages held in memory; beyond it they go to the disk spool.
+    - ``max_concurrency`` (128): the most requests in flight; the adaptive limit stays below it.
+    - ``timeout`` (10 s): one attempt in all (connect, send, the complete answer).
+    - ``max_retries`` (6) or ``retry``: the :class:`RetryPolicy`.
+    - ``shutdown_timeout`` (2 s): how long exit and :meth:`shutdown` spend delivering.
+    - ``spool_dir`` and ``max_spool_bytes`` (64 MiB): the disk spool; ``spool_dir=False`` turns
+      it off.
+    - ``ordering`` (``"relaxed"``): an identify never crosses its user's other messages, tracks
+      go together; ``"strict"`` sends one message at a time per user.
+    - ``on_error``, ``on_outcome``: callbacks, run on the worker's thread.
+    - ``sync_mode``, ``disabled``, ``debug``, ``handle_signals``, ``transport``,
+      ``worker_idle_timeout``, ``max_message_bytes``.
+
+    Raises :class:`ConfigurationError` naming the option for any unusable value.
     """
 
     def __init__(
@@ -402,10 +420,14 @@ class Client:
 
     async def aflush(self, timeout: float = 10.0) -> bool:
         """:meth:`flush` for asyncio code: waits in a thread, never blocking the event loop."""
+        import asyncio  # here: most programs never need it, and it costs 20 ms to import
+
         return await asyncio.to_thread(self.flush, timeout)
 
     async def ashutdown(self, timeout: float | None = None) -> None:
         """:meth:`shutdown` for asyncio code: waits in a thread, never blocking the event loop."""
+        import asyncio
+
         await asyncio.to_thread(self.shutdown, timeout)
 
     def flush_after(self, timeout: float = 2.0) -> lifecycle.FlushAfter:
@@ -492,7 +514,9 @@ class Client:
 
 def _missing_workspace(call: str) -> ConfigurationError:
     return ConfigurationError(
-        f"{call} needs a workspace id: pass workspace_id=... or set FLAMEUP_WORKSPACE_ID"
+        f"{call} needs a workspace id: pass workspace_id=... or set FLAMEUP_WORKSPACE_ID",
+        option="workspace_id",
+        env="FLAMEUP_WORKSPACE_ID",
     )
 
 

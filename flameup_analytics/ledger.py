@@ -201,9 +201,8 @@ class Ledger:
             if not self._auth_failure_logged:
                 self._auth_failure_logged = True
                 logger.error(
-                    "the Flameup API refused the API key (HTTP %s: %s). Messages are kept, not "
+                    "the Flameup API refused the API key (%s). Messages are kept, not "
                     "dropped; check FLAMEUP_API_KEY / api_key. Logged once per client.",
-                    outcome.status,
                     outcome.error,
                 )
             return DeliveryError("unauthorized", "the API refused the key", outcome.error)
