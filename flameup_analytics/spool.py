@@ -37,12 +37,9 @@ except ImportError:  # Windows: no flock, so no spool shared safely between proc
     fcntl = None  # type: ignore[assignment]
 
 from ._spool_format import (
-    MAGIC,
-    MAX_RECORD_BYTES,
     SEGMENT_SUFFIX,
     Record,
     decode_ack,
-    decode_records,
     encode_ack,
     encode_record,
     replay_order,
@@ -51,28 +48,6 @@ from ._spool_format import (
     unacknowledged,
 )
 from .message import Queued
-
-__all__ = [
-    "AVAILABLE",
-    "DEFAULT_MAX_BYTES",
-    "DEFAULT_SEGMENT_BYTES",
-    "MAGIC",
-    "MAX_RECORD_BYTES",
-    "SEGMENT_SUFFIX",
-    "DiskSpool",
-    "NoSpool",
-    "Record",
-    "SegmentReader",
-    "Spool",
-    "SpoolSummary",
-    "WarningThrottle",
-    "decode_records",
-    "default_directories",
-    "default_directory",
-    "encode_record",
-    "purge",
-    "summarize",
-]
 
 #: Whether this platform has what the spool needs (POSIX file locks).
 AVAILABLE = fcntl is not None
