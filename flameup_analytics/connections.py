@@ -27,7 +27,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from queue import SimpleQueue
 from typing import Any, Protocol
@@ -373,40 +373,42 @@ class LoopCarrier:
             self._discard(connection)
             return
         if not chunk:
-            if connection.answered and _ends_at_close(connection.buffer):
-                self._answered(connection, closing=True)
-            else:
+            try:
+                answer = _parse(connection.buffer, at_close=True) if connection.answered else None
+            except _Malformed as exc:
+                self._failed(connection, exc)
+                return
+            if answer is None:
                 self._failed(connection, ConnectionResetError("the server closed the connection"))
+            else:
+                self._answered(connection, answer)
             return
         connection.answered = True
-        connection.buffer += chunk
-        if len(connection.buffer) > transport_module.MAX_RESPONSE_BYTES + _MAX_HEAD:
+        buffer = connection.buffer
+        buffer += chunk
+        if len(buffer) > transport_module.MAX_RESPONSE_BYTES + _MAX_HEAD:
             self._failed(connection, _TooLarge())
             return
         try:
-            complete = _complete(connection.buffer)
+            answer = _parse(buffer, at_close=False)
         except _Malformed as exc:
             self._failed(connection, exc)
             return
-        if complete:
-            self._answered(connection, closing=False)
+        if answer is not None:
+            self._answered(connection, answer)
 
     # --- ending an attempt -----------------------------------------------------------------------
 
-    def _answered(self, connection: _Connection, closing: bool) -> None:
+    def _answered(self, connection: _Connection, answer: _Answer) -> None:
         exchange = connection.exchange
         assert exchange is not None
-        try:
-            status, headers, body, keep_alive = _parse(connection.buffer, at_close=closing)
-        except _Malformed as exc:
-            self._failed(connection, exc)
-            return
-        exchange.response = Response(status, headers, body)
+        status, head, body, keep_alive = answer
+        exchange.response = Response(status, _Headers(head), body)
         self._done.append(exchange)
         self._busy.discard(connection)
         connection.exchange = None
         connection.buffer = bytearray()
-        if closing or not keep_alive or self._closed:
+        if not keep_alive or self._closed:
             self._discard(connection)
         else:
             connection.reused = True
@@ -470,66 +472,83 @@ class _TooLarge(_Malformed):
         super().__init__(f"the answer is larger than {transport_module.MAX_RESPONSE_BYTES} bytes")
 
 
-def _head_end(buffer: bytearray) -> int:
+#: An answer read whole: status, header section, body, whether the connection stays open.
+_Answer = tuple[int, bytes, bytes, bool]
+
+
+class _Headers(Mapping[str, str]):
+    """An answer's headers, parsed only if someone asks: a delivered message never does."""
+
+    __slots__ = ("_head", "_parsed")
+
+    def __init__(self, head: bytes) -> None:
+        self._head = head
+        self._parsed: dict[str, str] | None = None
+
+    def _fields(self) -> dict[str, str]:
+        if self._parsed is None:
+            fields: dict[str, str] = {}
+            for line in self._head.split(b"\r\n")[1:]:
+                name, separator, value = line.partition(b":")
+                if separator:
+                    fields[name.decode("latin-1").strip()] = value.decode("latin-1").strip()
+            self._parsed = fields
+        return self._parsed
+
+    def __getitem__(self, name: str) -> str:
+        return self._fields()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._fields())
+
+    def __len__(self) -> int:
+        return len(self._fields())
+
+
+def _parse(buffer: bytearray, at_close: bool) -> _Answer | None:
+    """The answer in ``buffer`` if it has all arrived (``at_close``: the connection ended), else
+    None; raises _Malformed for what cannot become one. One pass over the header section."""
     end = buffer.find(b"\r\n\r\n")
     if end < 0:
         if len(buffer) > _MAX_HEAD:
             raise _Malformed("the answer's header section is too large")
-        return -1
-    return end + 4
-
-
-def _framing(head: bytes) -> tuple[int | None, bool, bool]:
-    """Content-Length (None if absent), whether it is chunked, and whether it keeps the connection."""
+        return None
+    end += 4
+    if buffer[:7] != b"HTTP/1.":
+        raise _Malformed("not an HTTP/1.x answer")
+    try:
+        status = int(buffer[9:12])
+    except ValueError:
+        raise _Malformed("an answer without a status") from None
+    if 100 <= status < 200:  # an interim answer: the real one follows it
+        del buffer[:end]
+        return _parse(buffer, at_close)
+    head = bytes(buffer[:end])
     lowered = head.lower()
-    length: int | None = None
+    keep_alive = b"\r\nconnection: close" not in lowered and not lowered.startswith(b"http/1.0")
     start = lowered.find(b"\r\ncontent-length:")
     if start >= 0:
-        end = lowered.find(b"\r\n", start + 2)
-        text = lowered[start + 17 : end].strip()
+        text = lowered[start + 17 : lowered.find(b"\r\n", start + 2)].strip()
         if not text.isdigit():
             raise _Malformed("invalid Content-Length")
         length = int(text)
-    chunked = b"\r\ntransfer-encoding:" in lowered and b"chunked" in lowered
-    keep_alive = b"\r\nconnection: close" not in lowered and not lowered.startswith(b"http/1.0")
-    return length, chunked, keep_alive
-
-
-def _complete(buffer: bytearray) -> bool:
-    """Whether ``buffer`` holds one whole answer (raises _Malformed for what cannot become one)."""
-    end = _head_end(buffer)
-    if end < 0:
-        return False
-    if not buffer.startswith(b"HTTP/1."):
-        raise _Malformed("not an HTTP/1.x answer")
-    status = _status(buffer)
-    if 100 <= status < 200:  # an interim answer: the real one follows it
-        del buffer[:end]
-        return _complete(buffer)
-    length, chunked, _ = _framing(bytes(buffer[:end]))
-    if chunked:
-        return _chunks(buffer, end) is not None
-    if length is not None:
         if length > transport_module.MAX_RESPONSE_BYTES:
             raise _TooLarge()
-        return len(buffer) - end >= length
-    return status in (204, 304)  # otherwise the body ends when the connection does
-
-
-def _ends_at_close(buffer: bytearray) -> bool:
-    """An answer whose body is delimited by the end of the connection, complete now that it ended."""
-    end = _head_end(buffer)
-    if end < 0:
-        return False
-    length, chunked, _ = _framing(bytes(buffer[:end]))
-    return length is None and not chunked
-
-
-def _status(buffer: bytearray) -> int:
-    try:
-        return int(buffer[9:12])
-    except ValueError:
-        raise _Malformed("an answer without a status") from None
+        if len(buffer) - end < length:
+            return None
+        return status, head, bytes(buffer[end : end + length]), keep_alive and not at_close
+    if b"\r\ntransfer-encoding:" in lowered and b"chunked" in lowered:
+        body = _chunks(buffer, end)
+        return None if body is None else (status, head, body, keep_alive and not at_close)
+    if status in (204, 304):
+        return status, head, b"", keep_alive and not at_close
+    # The body ends when the connection does.
+    if not at_close:
+        return None
+    body = bytes(buffer[end:])
+    if len(body) > transport_module.MAX_RESPONSE_BYTES:
+        raise _TooLarge()
+    return status, head, body, False
 
 
 def _chunks(buffer: bytearray, offset: int) -> bytes | None:
@@ -555,28 +574,3 @@ def _chunks(buffer: bytearray, offset: int) -> bytes | None:
             return None
         parts.append(bytes(buffer[start : start + size]))
         offset = start + size + 2
-
-
-def _parse(buffer: bytearray, at_close: bool) -> tuple[int, dict[str, str], bytes, bool]:
-    end = _head_end(buffer)
-    head = bytes(buffer[:end])
-    status = _status(buffer)
-    headers: dict[str, str] = {}
-    for line in head.split(b"\r\n")[1:]:
-        name, separator, value = line.partition(b":")
-        if separator:
-            headers[name.decode("latin-1").strip()] = value.decode("latin-1").strip()
-    length, chunked, keep_alive = _framing(head)
-    if chunked:
-        body = _chunks(buffer, end)
-        if body is None:
-            raise _Malformed("the chunked answer ended early")
-    elif length is not None:
-        body = bytes(buffer[end : end + length])
-    elif at_close:
-        body = bytes(buffer[end:])
-        if len(body) > transport_module.MAX_RESPONSE_BYTES:
-            raise _TooLarge()
-    else:
-        body = b""
-    return status, headers, body, keep_alive and not at_close

@@ -61,7 +61,7 @@ def judge(response: Response | None, error: FlameupError | None, policy: RetryPo
         return Verdict(None, error, overload=True)
     status = response.status
     if 200 <= status < 300:
-        return Verdict(Result.DELIVERED, None)
+        return _DELIVERED
     failure = api_error(response)
     if status in AUTH_STATUSES:
         return Verdict(Result.UNAUTHORIZED, failure)
@@ -83,6 +83,8 @@ class Verdict:
     #: Whether it says the API (or the way to it) is overloaded: the concurrency limit shrinks.
     overload: bool = False
 
+
+_DELIVERED = Verdict(Result.DELIVERED, None)
 
 #: Answers that mean "too much": fewer requests in flight, not only a later retry.
 OVERLOAD_STATUSES = frozenset({429, 502, 503, 504})

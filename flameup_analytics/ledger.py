@@ -150,16 +150,22 @@ class Ledger:
         with self._lock:
             self.internal_errors += 1
 
+    def delivered_one(self, message: Queued, tried: Tried) -> None:
+        """Count a delivered message: what :meth:`record` does for one, without building an
+        :class:`Outcome` (this runs for every message the worker delivers)."""
+        with self._lock:
+            self.delivered += 1
+            ended_outage, self._outage_logged = self._outage_logged, False
+        if ended_outage:
+            logger.warning("the Flameup API answers again: delivery resumed")
+        if self._on_outcome is not None:
+            self._announce([message], "delivered", [tried], None)
+
     def record(self, message: Queued, outcome: Outcome) -> None:
         """Count a message whose delivery ended with ``outcome``."""
         result = outcome.result
         if result is Result.DELIVERED:
-            with self._lock:
-                self.delivered += 1
-                ended_outage, self._outage_logged = self._outage_logged, False
-            if ended_outage:
-                logger.warning("the Flameup API answers again: delivery resumed")
-            self._announce([message], "delivered", [outcome.tried], None)
+            self.delivered_one(message, outcome.tried)
         elif result is Result.REJECTED:
             assert outcome.error is not None
             with self._lock:

@@ -385,6 +385,10 @@ class Worker:
         elif entry.response is not None:
             self._limit.answered(now - entry.sent_at, backlog=self._backlog())
         result = verdict.result
+        if result is Result.DELIVERED:
+            self._last_success = now
+            self._settle_final(entry, None)
+            return
         if result is None:
             assert entry.waits is not None
             if cause is None and entry.attempts <= self._retry.max_retries:
@@ -395,7 +399,7 @@ class Worker:
                     return
             result = Result.EXHAUSTED
         outcome = Outcome(result, entry.attempts, entry.response, verdict.error)
-        if result in (Result.DELIVERED, Result.REJECTED):
+        if result is Result.REJECTED:
             self._last_success = now
             self._settle_final(entry, outcome)
         else:
@@ -410,10 +414,26 @@ class Worker:
         self._lanes.final(entry.user, entry.kind)
         self._queue.held = self._lanes.waiting
 
-    def _settle_final(self, entry: _Entry, outcome: Outcome) -> None:
-        with self._settling([entry.seq]) as claimed:
+    def _settle_final(self, entry: _Entry, outcome: Outcome | None) -> None:
+        """Count a message the API took (``outcome`` None: delivered) or rejected."""
+        # _settling() for one message, spelled out: this runs for every delivered message.
+        seq = entry.seq
+        with self._settled:
+            claimed = seq in self._pending and seq not in self._claimed
             if claimed:
-                self._ledger.record(entry.message, outcome)
+                self._claimed.add(seq)
+        if claimed:
+            try:
+                if outcome is None:
+                    self._ledger.delivered_one(entry.message, entry.tried)
+                else:
+                    self._ledger.record(entry.message, outcome)
+            finally:
+                with self._settled:
+                    del self._pending[seq]
+                    self._claimed.discard(seq)
+                    if self._flush_targets and self._low_water() >= min(self._flush_targets):
+                        self._settled.notify_all()
         self._release(entry)
         if entry.segment is not None:
             self._record_done(entry, True)
