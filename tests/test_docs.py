@@ -77,8 +77,7 @@ def python_blocks(page: Path) -> list[Block]:
     blocks: list[Block] = []
     index = 0
     while index < len(lines):
-        opening = re.fullmatch(r"(\s*)```python\s*", lines[index])
-        if opening is None:
+        if re.fullmatch(r"\s*```python\s*", lines[index]) is None:
             index += 1
             continue
         start = index
@@ -147,7 +146,8 @@ def test_block_runs_against_the_local_server(block: Block, server: LocalServer, 
             "FLAMEUP_API_KEY": API_KEY,
             "FLAMEUP_WORKSPACE_ID": WORKSPACE,
             "XDG_CACHE_HOME": str(tmp_path / "cache"),
-            "PYTHONPATH": str(project),
+            # The page's files first; then what the suite itself runs with.
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(project), os.environ.get("PYTHONPATH")])),
         },
         capture_output=True,
         text=True,
