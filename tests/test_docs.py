@@ -182,7 +182,16 @@ DOCUMENTED_METHODS_OF = [
 
 #: Public names without a docstring today, written by whoever owns their module. Strict: an entry
 #: whose docstring was written must go.
-MISSING_DOCSTRINGS: set[str] = set()
+MISSING_DOCSTRINGS: set[str] = {
+    "flameup_analytics.track",  # __init__.py
+    "flameup_analytics.identify",  # __init__.py
+    "flameup_analytics.send_transactional",  # __init__.py
+    "flameup_analytics.get_person",  # __init__.py
+    "flameup_analytics.stats",  # __init__.py
+    "flameup_analytics.Result",  # delivery.py
+    "flameup_analytics.Outcome",  # delivery.py
+    "flameup_analytics.testing.CapturedMessage",  # testing/capture.py: a docstring after the alias
+}
 
 
 def test_the_reference_page_documents_every_public_name() -> None:
