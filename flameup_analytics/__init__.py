@@ -26,7 +26,7 @@ from .errors import (
     ValidationError,
 )
 from .ledger import MessageOutcome, Stats
-from .message import Message
+from .message import Event, Message
 from .retry import RetryPolicy
 from .transport import HTTPTransport, MockTransport, Request, RequestsTransport, Response, Transport
 
@@ -35,6 +35,7 @@ __all__ = [
     "Client",
     "ConfigurationError",
     "DeliveryError",
+    "Event",
     "FlameupError",
     "HTTPTransport",
     "Message",
@@ -98,18 +99,28 @@ def track(
     parameters: Mapping[str, Any] | None = None,
     *,
     timestamp: Any = None,
+    idempotency_key: str | None = None,
 ) -> None:
-    get_client().track(external_id, event, parameters, timestamp=timestamp)
+    get_client().track(external_id, event, parameters, timestamp=timestamp, idempotency_key=idempotency_key)
 
 
-def identify(user_id: str, traits: Mapping[str, Any] | None = None) -> None:
-    get_client().identify(user_id, traits)
+def identify(
+    user_id: str, traits: Mapping[str, Any] | None = None, *, idempotency_key: str | None = None
+) -> None:
+    get_client().identify(user_id, traits, idempotency_key=idempotency_key)
 
 
 def send_transactional(
-    user_id: str, template_id: str, channel: str, variables: Mapping[str, Any] | None = None
+    user_id: str,
+    template_id: str,
+    channel: str,
+    variables: Mapping[str, Any] | None = None,
+    *,
+    idempotency_key: str | None = None,
 ) -> dict[str, Any]:
-    return get_client().send_transactional(user_id, template_id, channel, variables)
+    return get_client().send_transactional(
+        user_id, template_id, channel, variables, idempotency_key=idempotency_key
+    )
 
 
 def get_person(user_id: str) -> dict[str, Any] | None:

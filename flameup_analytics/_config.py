@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import math
 import os
+import types
 import urllib.parse
-from collections.abc import Callable
-from typing import Any, Literal
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Literal
 
 from ._redact import redact_url
-from .errors import ConfigurationError
+from .errors import ConfigurationError, ValidationError
+
+if TYPE_CHECKING:
+    from .message import Codec
 
 DEFAULT_HOST = "https://api.flameup.ai"
 
@@ -156,3 +160,21 @@ def instance(option: str, value: Any, kind: type, default: Callable[[], Any]) ->
             f"{option} must be a {kind.__name__}, not {type(value).__name__}", option=option
         )
     return value
+
+
+def default_parameters(value: Any, codec: Codec) -> Mapping[str, Any] | None:
+    """A read-only copy of ``default_parameters``, checked by encoding it once as a message would
+    be; None when there is nothing to merge, so ``track`` skips the merge."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise ConfigurationError(
+            f"default_parameters must be a mapping (dict), not {type(value).__name__}",
+            option="default_parameters",
+        )
+    copied = dict(value)
+    try:
+        codec.encode({"parameters": copied}, {"parameters": "default_parameters"})
+    except ValidationError as exc:
+        raise ConfigurationError(str(exc), option="default_parameters") from None
+    return types.MappingProxyType(copied) if copied else None

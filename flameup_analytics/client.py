@@ -22,14 +22,24 @@ from .lanes import Ordering
 from .ledger import ErrorCallback, Ledger, OutcomeCallback, Stats
 from .message import (
     IDENTIFY,
+    STANDARD,
     TRACK,
+    BeforeSend,
+    Codec,
+    Convert,
+    Event,
+    Hook,
     Queued,
     identify_body,
+    identify_event,
     key_of,
     keys,
     require_id,
+    require_key,
     track_body,
+    track_event,
     transactional_body,
+    with_json_default,
 )
 from .queue import MessageQueue
 from .retry import RetryPolicy
@@ -83,6 +93,10 @@ class Client:
     - ``ordering`` (``"relaxed"``): an identify never crosses its user's other messages, tracks
       go together; ``"strict"`` sends one message at a time per user.
     - ``on_error``, ``on_outcome``: callbacks, run on the worker's thread.
+    - ``before_send``: sees every ``track``/``identify`` as an :class:`Event` in the caller's
+      thread; returns it (changed or not) or None to drop it (``stats().filtered``).
+    - ``default_parameters``: merged into every ``track``'s parameters (the call's keys win).
+    - ``json_default``: converts values the SDK has no JSON form for (like ``json.dumps``).
     - ``sync_mode``, ``disabled``, ``debug``, ``handle_signals``, ``transport``,
       ``worker_idle_timeout``, ``max_message_bytes``.
 
@@ -115,6 +129,9 @@ class Client:
         worker_idle_timeout: float = 60.0,
         on_outcome: OutcomeCallback | None = None,
         ordering: Ordering = "relaxed",
+        before_send: BeforeSend | None = None,
+        default_parameters: Mapping[str, Any] | None = None,
+        json_default: Convert | None = None,
     ) -> None:
         self.disabled = _config.flag("disabled", disabled)
         self.api_key = _config.api_key(api_key, self.disabled)
@@ -132,6 +149,13 @@ class Client:
         self.on_outcome = _config.optional_callable("on_outcome", on_outcome)
         self.worker_idle_timeout = _config.seconds("worker_idle_timeout", worker_idle_timeout)
         self.ordering: Ordering = _config.choice("ordering", ordering, ("relaxed", "strict"))
+        self.before_send: BeforeSend | None = _config.optional_callable("before_send", before_send)
+        self.json_default: Convert | None = _config.optional_callable("json_default", json_default)
+        self._codec = STANDARD if json_default is None else Codec(with_json_default(json_default))
+        self.default_parameters = _config.default_parameters(default_parameters, self._codec)
+        self._hook = None if before_send is None else Hook(before_send)
+        #: One flag for track(): anything to merge or a hook to run takes the slower branch.
+        self._shapes_track = self._hook is not None or bool(self.default_parameters)
         max_spool_bytes = _config.count("max_spool_bytes", max_spool_bytes, 0)
         spool_dir = _config.spool_dir(spool_dir)
         transport = _config.transport(transport)
@@ -212,21 +236,62 @@ class Client:
         parameters: Mapping[str, Any] | None = None,
         *,
         timestamp: Any = None,
+        idempotency_key: str | None = None,
     ) -> None:
         """Record that ``external_id`` did ``event``. Returns at once; delivery is in the background.
 
         Raises :class:`ValidationError` for arguments that cannot make a valid message.
-        ``timestamp`` (a ``datetime``; naive means UTC) defaults to now.
+        ``timestamp`` (a ``datetime``; naive means UTC) defaults to now. ``idempotency_key`` (your
+        own id for this event, e.g. an order id) replaces the generated one, on every retry and
+        after a restart: the API processes a key once.
         """
-        user_id, body = track_body(external_id, event, parameters, timestamp, self.max_message_bytes)
-        self._enqueue((TRACK, user_id, body, keys.next_number()))
+        key = keys.next_number() if idempotency_key is None else require_key(idempotency_key)
+        if self._shapes_track:
+            shaped = self._shape(track_event(external_id, event, parameters, timestamp))
+            if shaped is None:
+                return
+            user_id, body = track_body(
+                shaped.user_id,
+                shaped.name,
+                shaped.properties,
+                shaped.timestamp,
+                self.max_message_bytes,
+                self._codec,
+            )
+        else:
+            user_id, body = track_body(
+                external_id, event, parameters, timestamp, self.max_message_bytes, self._codec
+            )
+        self._enqueue((TRACK, user_id, body, key))
 
-    def identify(self, user_id: str, traits: Mapping[str, Any] | None = None) -> None:
-        """Create or update the person ``user_id`` with ``traits``. Returns at once."""
+    def identify(
+        self, user_id: str, traits: Mapping[str, Any] | None = None, *, idempotency_key: str | None = None
+    ) -> None:
+        """Create or update the person ``user_id`` with ``traits``. Returns at once.
+
+        ``idempotency_key``: as for :meth:`track`.
+        """
         if self.workspace_id is None and not self.disabled:
             raise _missing_workspace("identify()")
-        user_id, body = identify_body(user_id, traits, self.max_message_bytes)
-        self._enqueue((IDENTIFY, user_id, body, keys.next_number()))
+        key = keys.next_number() if idempotency_key is None else require_key(idempotency_key)
+        if self._hook is not None:
+            shaped = self._shape(identify_event(user_id, traits))
+            if shaped is None:
+                return
+            user_id, traits = shaped.user_id, shaped.properties
+        user_id, body = identify_body(user_id, traits, self.max_message_bytes, self._codec)
+        self._enqueue((IDENTIFY, user_id, body, key))
+
+    def _shape(self, event: Event) -> Event | None:
+        """``default_parameters`` merged in, then ``before_send``: the event to encode, or None."""
+        if self.default_parameters and event.kind == TRACK:
+            event = dataclasses.replace(event, properties={**self.default_parameters, **event.properties})
+        if self._hook is None:
+            return event
+        shaped = self._hook(event)
+        if shaped is None and not self.disabled:
+            self._ledger.count_filtered()
+        return shaped
 
     def _enqueue(self, message: Queued) -> None:
         if self._queue_directly and self._queue.put(message):
@@ -309,11 +374,13 @@ class Client:
             on_attempt=on_attempt,
         )
 
-    def _call(self, method: str, path: str, body: bytes | None = None) -> Any:
-        """A synchronous API call with retries, bounded by ``timeout``; the decoded JSON answer."""
+    def _call(self, method: str, path: str, body: bytes | None = None, key: str | None = None) -> Any:
+        """A synchronous API call with retries, bounded by ``timeout``; the decoded JSON answer.
+
+        A body is sent with ``key`` (else a new one) as its idempotency key, the same on each retry."""
         headers = dict(self._headers)
         if body is not None:
-            headers["Idempotency-Key"] = keys.new()
+            headers["Idempotency-Key"] = key or keys.new()
         request = Request(method, self._workspace_base + path, headers, body)
         outcome = deliver(
             self._transport,
@@ -344,17 +411,26 @@ class Client:
         template_id: str,
         channel: str,
         variables: Mapping[str, Any] | None = None,
+        *,
+        idempotency_key: str | None = None,
     ) -> dict[str, Any]:
-        """Send a transactional message now; return the API's answer. Raises :class:`APIError`."""
+        """Send a transactional message now; return the API's answer. Raises :class:`APIError`.
+
+        ``idempotency_key`` (e.g. your task's id) makes a repeated call, a retry of your own after
+        a timeout, one message for the API; without it each call is a new message.
+        """
         if self.workspace_id is None and not self.disabled:
             raise _missing_workspace("send_transactional()")
-        body = transactional_body(user_id, template_id, channel, variables, self.max_message_bytes)
+        key = None if idempotency_key is None else require_key(idempotency_key)
+        body = transactional_body(
+            user_id, template_id, channel, variables, self.max_message_bytes, self._codec
+        )
         recorder = _recorder
         if recorder is not None:
             return recorder._send_transactional(body)
         if self.disabled:
             return {}
-        answer = self._call("POST", "/transactional/send", body)
+        answer = self._call("POST", "/transactional/send", body, key)
         return answer if isinstance(answer, dict) else {}
 
     def get_person(self, user_id: str) -> dict[str, Any] | None:
@@ -373,6 +449,30 @@ class Client:
             return None
         person = people[0]
         return person if isinstance(person, dict) else None
+
+    async def asend_transactional(
+        self,
+        user_id: str,
+        template_id: str,
+        channel: str,
+        variables: Mapping[str, Any] | None = None,
+        *,
+        idempotency_key: str | None = None,
+    ) -> dict[str, Any]:
+        """:meth:`send_transactional` for asyncio code: the call runs in a thread
+        (``asyncio.to_thread``), so the event loop serves other tasks meanwhile. Same retries,
+        ``timeout`` and errors. Cancelling the await does not stop the call already running."""
+        import asyncio  # here: most programs never need it, and it costs 20 ms to import
+
+        return await asyncio.to_thread(
+            self.send_transactional, user_id, template_id, channel, variables, idempotency_key=idempotency_key
+        )
+
+    async def aget_person(self, user_id: str) -> dict[str, Any] | None:
+        """:meth:`get_person` for asyncio code, in a thread like :meth:`asend_transactional`."""
+        import asyncio
+
+        return await asyncio.to_thread(self.get_person, user_id)
 
     # --- flush, shutdown, stats ------------------------------------------------------------------
 
@@ -487,7 +587,7 @@ class Client:
         """A snapshot of this client's counters (see :class:`Stats`)."""
         worker = self._worker
         queued = worker.unsettled_count() if worker else len(self._queue)
-        enqueued = self._queue.mark() + self._bypassed
+        enqueued = self._queue.mark() + self._bypassed + self._ledger.filtered
         corrupt = self._spool.corrupt if self._spool is not None else 0
         concurrency = worker.concurrency_limit if worker else 0
         return self._ledger.snapshot(

@@ -67,8 +67,8 @@ class Stats:
 
     Every message accepted by ``track``/``identify`` (``enqueued``) or read back from the spool
     (``replayed``) is, at any moment, in exactly one of ``queued``, ``delivered``, ``rejected``,
-    ``dropped`` or ``spooled``: when the client is idle,
-    ``enqueued + replayed == queued + delivered + rejected + dropped + spooled``.
+    ``dropped``, ``spooled`` or ``filtered``: when the client is idle,
+    ``enqueued + replayed == queued + delivered + rejected + dropped + spooled + filtered``.
     """
 
     #: Waiting in memory now, including requests in flight.
@@ -94,6 +94,8 @@ class Stats:
     #: The adaptive limit on requests in flight now (0 while no worker runs): it grows while a
     #: backlog waits and answers stay fast, and shrinks on 429/503, timeouts and slower answers.
     concurrency: int = 0
+    #: Dropped by the client's ``before_send`` (it returned None): on purpose, never an error.
+    filtered: int = 0
 
 
 class Ledger:
@@ -111,6 +113,7 @@ class Ledger:
         self.spooled = 0
         self.replayed = 0
         self.internal_errors = 0
+        self.filtered = 0
         #: Live messages that did not reach the API (spooled or dropped): flush() compares it.
         self.unreached = 0
         self._last_warning = -WARNING_INTERVAL
@@ -136,6 +139,7 @@ class Ledger:
                 internal_errors=self.internal_errors,
                 corrupt=corrupt,
                 concurrency=concurrency,
+                filtered=self.filtered,
             )
 
     def count_retry(self) -> None:
@@ -145,6 +149,10 @@ class Ledger:
     def count_replayed(self, count: int) -> None:
         with self._lock:
             self.replayed += count
+
+    def count_filtered(self) -> None:
+        with self._lock:
+            self.filtered += 1
 
     def count_internal_error(self) -> None:
         with self._lock:

@@ -11,16 +11,20 @@ import enum
 import itertools
 import json
 import json.encoder
+import logging
 import math
 import secrets
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Final, Literal, NamedTuple
 
 from .errors import ValidationError
+
+logger = logging.getLogger("flameup_analytics")
 
 Kind = Literal["track", "identify"]
 TRACK: Final = "track"
@@ -83,6 +87,27 @@ class _KeyGenerator:
 
 
 keys: Final = _KeyGenerator()
+
+#: The longest idempotency key a caller may choose.
+MAX_KEY_LENGTH: Final = 255
+
+
+def require_key(value: Any) -> str:
+    """A caller's idempotency key, checked: visible ASCII (no white space, which proxies and servers
+    may trim from a header) and 1 to :data:`MAX_KEY_LENGTH` characters. Its exact characters are
+    sent in the ``Idempotency-Key`` header and kept by the spool."""
+    if not isinstance(value, str):
+        raise ValidationError(
+            f"idempotency_key must be a str, not {type(value).__name__}", argument="idempotency_key"
+        )
+    key = str.__str__(value)
+    if not 0 < len(key) <= MAX_KEY_LENGTH or not (key.isascii() and key.isprintable()) or " " in key:
+        raise ValidationError(
+            f"idempotency_key must be 1 to {MAX_KEY_LENGTH} visible ASCII characters (no spaces), "
+            f"not {key[:40]!r}{'...' if len(key) > 40 else ''} ({len(key)} characters)",
+            argument="idempotency_key",
+        )
+    return key
 
 
 # --- timestamps ------------------------------------------------------------------------------
@@ -166,35 +191,82 @@ def _to_json(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} has no JSON form")
 
 
-_encoder: Final = json.JSONEncoder(
-    ensure_ascii=False, allow_nan=False, separators=(",", ":"), default=_to_json
-)
-# The C encoder, made once: JSONEncoder.encode() builds a new one per call, which doubles the cost.
-# No circular-reference markers: a shared dict would be unsafe across threads, and a cycle is
-# still caught, as a RecursionError, then located by _Search.
+#: A function that turns a value with no JSON form into one that has it (``json.dumps``' ``default``).
+Convert = Callable[[Any], Any]
+
+
+def with_json_default(json_default: Convert) -> Convert:
+    """The SDK's conversions, then ``json_default`` for the types they leave (pydantic models, numpy
+    scalars, attrs classes). What it returns is converted and checked like any other value; what it
+    raises becomes a refusal of the value, naming its path."""
+
+    def convert(value: Any) -> Any:
+        try:
+            return _to_json(value)
+        except TypeError:
+            pass  # a type the SDK has no rule for: the caller's function decides
+        try:
+            converted = json_default(value)
+        except (TypeError, ValueError):
+            raise
+        except Exception as exc:
+            raise TypeError(f"json_default raised {type(exc).__name__}: {exc}") from exc
+        if converted is value:
+            raise TypeError(f"json_default returned the {type(value).__name__} unchanged")
+        return converted
+
+    return convert
+
+
 _make_c_encoder: Any = getattr(json.encoder, "c_make_encoder", None)  # untyped C accelerator
-_c_encoder: Final = (
-    None
-    if _make_c_encoder is None
-    else _make_c_encoder(None, _to_json, json.encoder.encode_basestring, None, ":", ",", False, False, False)
-)
+
+
+class Codec:
+    """Encodes bodies with one set of conversions: the SDK's own (:data:`STANDARD`) or those of a
+    client's ``json_default``. Made once per client; safe to share between threads."""
+
+    def __init__(self, convert: Convert = _to_json) -> None:
+        self.convert = convert
+        # The C encoder, made once: JSONEncoder.encode() builds a new one per call, which doubles
+        # the cost. No circular-reference markers: a shared dict would be unsafe across threads,
+        # and a cycle is still caught, as a RecursionError, then located by _Search.
+        self._c_encoder = (
+            None
+            if _make_c_encoder is None
+            else _make_c_encoder(
+                None, convert, json.encoder.encode_basestring, None, ":", ",", False, False, False
+            )
+        )
+        self._encoder = json.JSONEncoder(
+            ensure_ascii=False, allow_nan=False, separators=(",", ":"), default=convert
+        )
+
+    def encode(self, payload: dict[str, Any], arguments: Mapping[str, str]) -> bytes:
+        """Encode ``payload``; on failure, raise a ValidationError naming the argument at fault.
+
+        ``arguments`` maps each body key to the name of the argument it came from.
+        """
+        try:
+            if self._c_encoder is None:  # pragma: no cover - interpreters without the C accelerator
+                return self._encoder.encode(payload).encode("utf-8")
+            return "".join(self._c_encoder(payload, 0)).encode("utf-8")
+        except (TypeError, ValueError, RecursionError, UnicodeEncodeError) as exc:
+            raise _explain(payload, arguments, exc, self.convert) from None
+
+
+#: The SDK's own conversions only: what a client without ``json_default`` uses.
+STANDARD: Final = Codec()
 
 
 def encode(payload: dict[str, Any], arguments: Mapping[str, str]) -> bytes:
-    """Encode ``payload``; on failure, raise a ValidationError naming the argument at fault.
-
-    ``arguments`` maps each body key to the name of the argument it came from.
-    """
-    try:
-        if _c_encoder is None:  # pragma: no cover - interpreters without the C accelerator
-            return _encoder.encode(payload).encode("utf-8")
-        return "".join(_c_encoder(payload, 0)).encode("utf-8")
-    except (TypeError, ValueError, RecursionError, UnicodeEncodeError) as exc:
-        raise _explain(payload, arguments, exc) from None
+    """:meth:`Codec.encode` with the SDK's own conversions."""
+    return STANDARD.encode(payload, arguments)
 
 
-def _explain(payload: dict[str, Any], arguments: Mapping[str, str], exc: Exception) -> ValidationError:
-    searches = [_Search(argument, payload[key]) for key, argument in arguments.items()]
+def _explain(
+    payload: dict[str, Any], arguments: Mapping[str, str], exc: Exception, convert: Convert
+) -> ValidationError:
+    searches = [_Search(argument, payload[key], convert) for key, argument in arguments.items()]
     for search in searches:
         if search.problem is not None:
             path, reason = search.problem
@@ -229,14 +301,15 @@ class _Search:
 
     It runs only after the encoder failed, and visits the values as the C encoder does (``str``,
     ``int`` and ``float`` subclasses by their own value, so no user code runs for them; anything
-    else through ``_to_json``). It is iterative, so neither deep nesting nor a deep calling stack
+    else through the codec's ``convert``). It is iterative, so neither deep nesting nor a deep calling stack
     can make it fail; and a path is only put together for the value it reports, so a search of a
     deep value takes time and memory in proportion to its size.
     """
 
-    def __init__(self, argument: str, value: Any) -> None:
+    def __init__(self, argument: str, value: Any, convert: Convert) -> None:
         self.argument = argument
         self.value = value
+        self._convert = convert
         self.problem: tuple[str, str] | None = None
         #: How many objects and arrays deep the value goes: a RecursionError with no problem found
         #: means the encoder could not go that deep.
@@ -270,7 +343,7 @@ class _Search:
                 continue
             step, value = child
             try:
-                value, converted_from = _as_encoded(value)
+                value, converted_from = _as_encoded(value, self._convert)
                 if not isinstance(value, (list, tuple, dict)):
                     _check_scalar(value)
                     continue
@@ -286,14 +359,21 @@ class _Search:
             yield len(steps), steps
 
 
-def _as_encoded(value: Any) -> tuple[Any, tuple[int, ...]]:
-    """``value`` converted by ``_to_json`` until it is a JSON type, as the encoder does, with the ids
+#: Conversions of one value in a row before it is refused: a ``json_default`` that keeps returning
+#: new objects with no JSON form would otherwise never end (the encoder stops at its recursion limit).
+_MAX_CONVERSIONS: Final = 100
+
+
+def _as_encoded(value: Any, convert: Convert) -> tuple[Any, tuple[int, ...]]:
+    """``value`` converted by ``convert`` until it is a JSON type, as the encoder does, with the ids
     of the objects it was converted from."""
     converted_from: tuple[int, ...] = ()
     while not isinstance(value, _ANY_JSON_TYPE):
+        if len(converted_from) == _MAX_CONVERSIONS:
+            raise _Fault(f"was converted {_MAX_CONVERSIONS} times without reaching a JSON type")
         converted_from += (id(value),)
         try:
-            value = _to_json(value)
+            value = convert(value)
         except TypeError as exc:
             raise _Fault(
                 f"is not JSON-serializable ({exc}: convert it to str, int, float, bool, list or dict)"
@@ -421,7 +501,7 @@ _TRANSACTIONAL_ARGUMENTS: Final = {
 
 
 def track_body(
-    external_id: Any, event: Any, parameters: Any, timestamp: Any, max_bytes: int
+    external_id: Any, event: Any, parameters: Any, timestamp: Any, max_bytes: int, codec: Codec = STANDARD
 ) -> tuple[str, bytes]:
     """Validate a track() call; return its ordering key and its encoded body."""
     external_id = require_id(external_id, "external_id")
@@ -435,22 +515,28 @@ def track_body(
         except ValueError as exc:
             raise ValidationError(f"timestamp {exc}", argument="timestamp") from None
     else:
-        raise ValidationError(
-            f"timestamp must be a datetime.datetime, not {type(timestamp).__name__}", argument="timestamp"
-        )
+        raise _not_a_datetime(timestamp)
     payload = {"external_id": external_id, "event": event, "parameters": parameters, "timestamp": stamp}
-    return external_id, check_size(encode(payload, _TRACK_ARGUMENTS), max_bytes, "parameters")
+    return external_id, check_size(codec.encode(payload, _TRACK_ARGUMENTS), max_bytes, "parameters")
 
 
-def identify_body(user_id: Any, traits: Any, max_bytes: int) -> tuple[str, bytes]:
+def _not_a_datetime(timestamp: Any) -> ValidationError:
+    return ValidationError(
+        f"timestamp must be a datetime.datetime, not {type(timestamp).__name__}", argument="timestamp"
+    )
+
+
+def identify_body(user_id: Any, traits: Any, max_bytes: int, codec: Codec = STANDARD) -> tuple[str, bytes]:
     """Validate an identify() call; return its ordering key and its encoded body."""
     user_id = require_id(user_id, "user_id")
     traits = require_mapping(traits, "traits")
-    body = encode({"userId": user_id, "traits": traits}, _IDENTIFY_ARGUMENTS)
+    body = codec.encode({"userId": user_id, "traits": traits}, _IDENTIFY_ARGUMENTS)
     return user_id, check_size(body, max_bytes, "traits")
 
 
-def transactional_body(user_id: Any, template_id: Any, channel: Any, variables: Any, max_bytes: int) -> bytes:
+def transactional_body(
+    user_id: Any, template_id: Any, channel: Any, variables: Any, max_bytes: int, codec: Codec = STANDARD
+) -> bytes:
     user_id = require_id(user_id, "user_id")
     template_id = require_id(template_id, "template_id")
     if channel not in CHANNELS:
@@ -459,4 +545,84 @@ def transactional_body(user_id: Any, template_id: Any, channel: Any, variables: 
         )
     variables = require_mapping(variables, "variables")
     payload = {"user_id": user_id, "template_id": template_id, "channel": channel, "variables": variables}
-    return check_size(encode(payload, _TRANSACTIONAL_ARGUMENTS), max_bytes, "variables")
+    return check_size(codec.encode(payload, _TRANSACTIONAL_ARGUMENTS), max_bytes, "variables")
+
+
+# --- before_send -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A ``track`` or ``identify`` call as a client's ``before_send`` sees it, checked and not yet
+    encoded. Frozen: return a changed copy, ``dataclasses.replace(event, properties={...})``.
+
+    ``properties`` is the call's ``parameters`` (track, with ``default_parameters`` merged in) or
+    ``traits`` (identify): a copy, so changing it in place never changes the caller's own dict.
+    """
+
+    #: ``"track"`` or ``"identify"``; a returned event must keep it.
+    kind: Kind
+    #: ``external_id`` (track) or ``user_id`` (identify).
+    user_id: str
+    #: ``parameters`` or ``traits``.
+    properties: dict[Any, Any]
+    #: The event's name (track); None for identify.
+    name: str | None = None
+    #: track's ``timestamp=``; None means the time of the call (and always for identify).
+    timestamp: dt.datetime | None = None
+
+
+#: ``before_send(event)``: the event to send (itself, or a changed copy), or None to drop it.
+BeforeSend = Callable[[Event], "Event | None"]
+
+#: A failing ``before_send`` is reported at most this often (seconds): it runs on every call.
+HOOK_WARNING_INTERVAL: Final = 60.0
+
+
+class Hook:
+    """Runs a client's ``before_send`` in the caller's thread. A hook that raises, or returns
+    something other than an :class:`Event` of the same kind or None, leaves the message unchanged
+    (a broken scrubber must not lose data), and is logged at most once a minute."""
+
+    def __init__(self, before_send: BeforeSend) -> None:
+        self._before_send = before_send
+        self._last_logged = -HOOK_WARNING_INTERVAL
+
+    def __call__(self, event: Event) -> Event | None:
+        try:
+            result = self._before_send(event)
+        except Exception as exc:
+            self._complain(f"raised {type(exc).__name__}: {exc}", exc)
+            return event
+        if result is None or (type(result) is Event and result.kind == event.kind):
+            return result
+        shown = f"a {result.kind} event" if isinstance(result, Event) else type(result).__name__
+        self._complain(f"returned {shown} for a {event.kind} event (expected an Event of its kind or None)")
+        return event
+
+    def _complain(self, what: str, exc: Exception | None = None) -> None:
+        now = time.monotonic()
+        if now - self._last_logged < HOOK_WARNING_INTERVAL:
+            return
+        # Unlocked: two threads failing at once may both log, which costs a line, not a lock per call.
+        self._last_logged = now
+        logger.error(
+            "before_send %s; the message is sent unchanged. Logged at most once a minute.",
+            what,
+            exc_info=exc,
+        )
+
+
+def track_event(external_id: Any, event: Any, parameters: Any, timestamp: Any) -> Event:
+    """A track() call as an :class:`Event`, its arguments checked (the body is checked in full later)."""
+    if timestamp is not None and not isinstance(timestamp, dt.datetime):
+        raise _not_a_datetime(timestamp)
+    properties = dict(require_mapping(parameters, "parameters"))
+    return Event(
+        TRACK, require_id(external_id, "external_id"), properties, require_id(event, "event"), timestamp
+    )
+
+
+def identify_event(user_id: Any, traits: Any) -> Event:
+    """An identify() call as an :class:`Event`, its arguments checked."""
+    return Event(IDENTIFY, require_id(user_id, "user_id"), dict(require_mapping(traits, "traits")))
