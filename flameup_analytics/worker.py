@@ -132,6 +132,8 @@ class Worker:
         self._lanes: Lanes[_Entry] = Lanes(ordering, max(1, max_concurrency // 2))
         #: Messages holding a slot: in flight, or waiting to be retried.
         self._in_flight = 0
+        #: Attempts on the wire now: never more than the limit, retries included.
+        self._on_wire = 0
         #: Retries waiting for their time: (due, tie-breaker, entry).
         self._timers: list[tuple[float, int, _Entry]] = []
         self._tie = itertools.count()
@@ -274,15 +276,19 @@ class Worker:
 
     def _sleep(self, now: float) -> float:
         """How long the loop may wait for I/O before it has something to do by itself."""
+        limit = self._limit
         wake = now + self._flush_interval
         if self._timers:
-            wake = min(wake, self._timers[0][0])
+            due = self._timers[0][0]
+            if due <= now:  # held back: by a pause until it ends, by the limit until an answer
+                due = limit.paused_until if now < limit.paused_until else wake
+            wake = min(wake, due)
         if len(self._queue) and not self._draining(now):
             wake = min(wake, self._drain_at)
-        if self._spool is not None and not self._claims:
+        if now < limit.paused_until and (len(self._queue) or self._lanes.waiting):
+            wake = min(wake, limit.paused_until)
+        if self._spool is not None and not self._claims and not self._stopping:
             wake = min(wake, self._replay_due)
-        if self._limit.paused_until > now and (len(self._queue) or self._lanes.waiting or self._timers):
-            wake = max(wake, min(self._limit.paused_until, now + self._flush_interval))
         return max(0.0, wake - now)
 
     def _draining(self, now: float) -> bool:
@@ -352,16 +358,17 @@ class Worker:
 
     def _attempt(self, entry: _Entry) -> None:
         entry.attempts += 1
+        self._on_wire += 1
         self._carrier.start(entry, self._timeout)
 
     def _fire_timers(self, now: float) -> None:
-        timers = self._timers
-        paused_until = self._limit.paused_until
+        """Retry the messages whose wait is over, within the limit: after a storm of 429s the
+        limit is 1, and so is what reaches the API, retries included."""
+        timers, limit = self._timers, self._limit
         while timers and timers[0][0] <= now:
+            if now < limit.paused_until or self._on_wire >= limit.slots:
+                return
             _, _, entry = heapq.heappop(timers)
-            if paused_until > now:  # a Retry-After for the whole client: no attempt before it
-                heapq.heappush(timers, (paused_until, next(self._tie), entry))
-                continue
             if entry.seq in self._pending:
                 self._attempt(entry)
 
@@ -369,6 +376,7 @@ class Worker:
 
     def _answered(self, entry: _Entry) -> None:
         now = time.monotonic()
+        self._on_wire -= 1
         if entry.seq not in self._pending:
             self._release(entry)  # taken back by a shutdown meanwhile
             return

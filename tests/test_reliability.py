@@ -490,3 +490,40 @@ def test_segments_filled_by_callers_are_sealed_by_the_worker(
     # The worker fsyncs and closes the full segments, which another process can then replay.
     assert wait_until(lambda: len(synced_in) >= 2)
     assert set(synced_in) == {"flameup-worker"}
+
+
+def test_a_429_storm_shrinks_concurrency_to_one_loses_nothing_and_recovers() -> None:
+    lock = threading.Lock()
+    state = {"in_flight": 0, "answered_429": 0, "storm": 40}
+    during_storm: list[int] = []  # in flight at each start, once the first wave of 429s is back
+    release = threading.Event()
+
+    def handler(request: fa.Request) -> fa.Response:
+        with lock:
+            state["in_flight"] += 1
+            if state["answered_429"] >= 8 and state["storm"] > 0:
+                during_storm.append(state["in_flight"])
+        release.wait(0.005)
+        with lock:
+            state["in_flight"] -= 1
+            if state["storm"] > 0:
+                state["storm"] -= 1
+                state["answered_429"] += 1
+                return fa.Response(429, {"Retry-After": "0"})
+        return fa.Response(200)
+
+    client = fa.Client(
+        api_key=API_KEY,
+        transport=fa.MockTransport(handler),
+        spool_dir=False,
+        max_retries=100,
+        retry=fa.RetryPolicy(max_retries=100, backoff_factor=0.01, max_backoff=0.01),
+    )
+    for n in range(400):
+        client.track(f"user_{n}", "clicked", {"n": n})
+    assert client.flush(timeout=30)
+    stats = client.stats()
+    assert stats.delivered == 400 and stats.dropped == 0  # nothing lost
+    assert during_storm and max(during_storm) <= 2  # the storm brought it down to one at a time
+    assert stats.concurrency > 2  # and it grew again while the rest of the backlog went out
+    client.shutdown()
