@@ -19,6 +19,7 @@ import base64
 import http.client
 import io
 import json
+import math
 import os
 import select
 import socket
@@ -136,21 +137,65 @@ _BODY_TOO_LARGE = f"answer larger than {MAX_RESPONSE_BYTES // 1024 // 1024} MiB"
 _HEAD_TOO_LARGE = f"answer's header section larger than {MAX_HEADER_BYTES // 1024} KiB"
 
 
-class _AnswerReader(io.RawIOBase):
-    """The socket as one answer is read from it.
+class _AnswerLimits:
+    """What the answer being read from a socket may still take: time until ``deadline``, and
+    ``allowance`` more bytes. Set for each answer; every receive goes through :meth:`_before`
+    and :meth:`_counted`, so a server dripping bytes cannot stretch an attempt."""
 
-    Every receive waits only for the time left before the attempt's deadline, so a server dripping
-    bytes cannot stretch the attempt; at most ``allowance`` more bytes may arrive.
-    """
+    deadline = math.inf
+    allowance = MAX_HEADER_BYTES
+    refusal = _HEAD_TOO_LARGE
+
+    def expect_answer(self, deadline: float) -> None:
+        """The next bytes are a new answer's head, due by ``deadline``."""
+        self.deadline = deadline
+        self.allowance = MAX_HEADER_BYTES
+        self.refusal = _HEAD_TOO_LARGE
+
+    def expect_body(self) -> None:
+        """The head is in; the body (chunk framing and trailers included) gets its own allowance."""
+        self.allowance = MAX_RESPONSE_BYTES + MAX_HEADER_BYTES
+        self.refusal = _BODY_TOO_LARGE
+
+    def _time_left(self) -> float:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("timed out")
+        return left
+
+    def _counted(self, received: int) -> int:
+        self.allowance -= received
+        if self.allowance < 0:
+            raise _AnswerTooLarge(self.refusal)
+        return received
+
+
+class _LimitedSocket(socket.socket, _AnswerLimits):
+    """HTTPTransport's TCP sockets. Limits on the socket itself cost the least per request: the
+    standard ``http.client`` answer reads from it as it is."""
+
+    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
+        self.settimeout(self._time_left())
+        return self._counted(super().recv_into(buffer, nbytes, flags))
+
+
+class _LimitedSSLSocket(ssl.SSLSocket, _AnswerLimits):
+    """HTTPTransport's TLS sockets (its ``SSLContext.sslsocket_class``)."""
+
+    def recv_into(self, buffer: Any, nbytes: int | None = None, flags: int = 0) -> int:
+        self.settimeout(self._time_left())
+        return self._counted(super().recv_into(buffer, nbytes, flags))
+
+
+class _AnswerReader(io.RawIOBase, _AnswerLimits):
+    """A socket urllib3 made, as one answer is read from it, with the same limits."""
 
     def __init__(self, sock: socket.socket, deadline: float) -> None:
         self._sock = sock
         # A file of the socket keeps it open while this reads: http.client closes the connection
         # and hands its socket to the answer when the server says "Connection: close".
         self._file = sock.makefile("rb", buffering=0)
-        self._deadline = deadline
-        self.allowance = MAX_HEADER_BYTES
-        self.refusal = _HEAD_TOO_LARGE
+        self.expect_answer(deadline)
 
     def makefile(self, mode: str) -> io.BufferedReader:
         """What ``http.client.HTTPResponse`` asks its socket for."""
@@ -160,15 +205,8 @@ class _AnswerReader(io.RawIOBase):
         return True
 
     def readinto(self, buffer: Any) -> int:
-        left = self._deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError("timed out")
-        self._sock.settimeout(left)
-        received = self._sock.recv_into(buffer)
-        self.allowance -= received
-        if self.allowance < 0:
-            raise _AnswerTooLarge(self.refusal)
-        return received
+        self._sock.settimeout(self._time_left())
+        return self._counted(self._sock.recv_into(buffer))
 
     def close(self) -> None:
         self._file.close()
@@ -176,7 +214,7 @@ class _AnswerReader(io.RawIOBase):
 
 
 class _Answer(http.client.HTTPResponse):
-    """An ``http.client`` answer read by the deadline and within :data:`MAX_HEADER_BYTES` of head."""
+    """An ``http.client`` answer read through an :class:`_AnswerReader`."""
 
     def __init__(self, sock: socket.socket, deadline: float, method: str | None = None) -> None:
         self._reader = _AnswerReader(sock, deadline)
@@ -184,9 +222,7 @@ class _Answer(http.client.HTTPResponse):
 
     def begin(self) -> None:
         super().begin()
-        # The head is in; the body (chunk framing and trailers included) gets its own allowance.
-        self._reader.allowance = MAX_RESPONSE_BYTES + MAX_HEADER_BYTES
-        self._reader.refusal = _BODY_TOO_LARGE
+        self._reader.expect_body()
 
 
 def _refuse_beyond_cap(body_size: int | None) -> None:
@@ -359,7 +395,7 @@ class _PooledTransport:
 # --- HTTPTransport: http.client -------------------------------------------------------------------
 
 
-def _open_socket(address: tuple[str, int], deadline: float) -> socket.socket:
+def _open_socket(address: tuple[str, int], deadline: float) -> _LimitedSocket:
     """A TCP connection to the first of ``address``'s addresses that accepts before ``deadline``.
 
     ``socket.create_connection`` would give every address the whole timeout.
@@ -367,7 +403,8 @@ def _open_socket(address: tuple[str, int], deadline: float) -> socket.socket:
     host, port = address
     error: OSError = OSError(f"no address for {host}")
     for family, kind, proto, _, sockaddr in socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM):
-        sock = socket.socket(family, kind, proto)
+        sock = _LimitedSocket(family, kind, proto)
+        sock.expect_answer(deadline)  # a proxy's answer to CONNECT comes first
         try:
             sock.settimeout(_time_left(deadline))
             sock.connect(sockaddr)
@@ -386,25 +423,17 @@ def _open_socket(address: tuple[str, int], deadline: float) -> socket.socket:
 
 
 class _Connection(http.client.HTTPConnection):
-    """An ``http.client`` connection whose every step ends by ``deadline``, set before each request:
-    connect, a proxy's CONNECT, the TLS handshake, and every answer read from it."""
+    """An ``http.client`` connection on a :class:`_LimitedSocket` that connects by ``deadline``."""
 
     def __init__(self, host: str, port: int, deadline: float, **options: Any) -> None:
         super().__init__(host, port, **options)
-        self.deadline = deadline
+        self._deadline = deadline
         self._create_connection = self._connect_by_deadline
 
     def _connect_by_deadline(
         self, address: tuple[str, int], timeout: object = None, source_address: object = None
     ) -> socket.socket:
-        return _open_socket(address, self.deadline)
-
-    # http.client builds both the answer to a request and the answer to a CONNECT with
-    # ``self.response_class(sock, method=...)``: a method here reads both by the deadline.
-    def response_class(  # type: ignore[override]
-        self, sock: socket.socket, debuglevel: int = 0, method: str | None = None, url: str | None = None
-    ) -> _Answer:
-        return _Answer(sock, self.deadline, method)
+        return _open_socket(address, self._deadline)
 
 
 class _TLSConnection(_Connection, http.client.HTTPSConnection):
@@ -453,13 +482,15 @@ class HTTPTransport(_PooledTransport):
         route = self._routes.get(request.url) or self._route(request.url)
         connection = self._checkout(route, deadline)
         answer: http.client.HTTPResponse | None = None
+        # A _LimitedSocket, or the _LimitedSSLSocket wrapped around one.
+        sock = cast(_LimitedSocket, connection.sock)
         try:
-            connection.deadline = deadline
-            assert connection.sock is not None
-            connection.sock.settimeout(_time_left(deadline))
+            sock.expect_answer(deadline)
+            sock.settimeout(_time_left(deadline))
             headers = dict(request.headers, **route.proxy_headers) if route.proxy_headers else request.headers
             connection.request(request.method, route.target, request.body, headers)
             answer = connection.getresponse()
+            sock.expect_body()
             _refuse_beyond_cap(answer.length)
             # A declared length is read whole (a short body raises IncompleteRead); chunked or
             # until-close bodies only up to one byte past the cap.
@@ -541,6 +572,7 @@ class HTTPTransport(_PooledTransport):
     def _tls_context(self) -> ssl.SSLContext:
         if self._tls is None:
             self._tls = tls_context(self._ca_bundle)
+            self._tls.sslsocket_class = _LimitedSSLSocket
         return self._tls
 
     def _checkin(self, route: _Route, connection: _Connection) -> None:
@@ -581,7 +613,8 @@ _requests_attempt = threading.local()
 
 
 class _Urllib3Connection(urllib3.connection.HTTPConnection):
-    """urllib3's connection, with the same deadline-bound, capped answers as :class:`_Connection`."""
+    """urllib3's connection, whose answers (a proxy's CONNECT answer too) are read through an
+    :class:`_AnswerReader` by the deadline of the attempt this thread is making."""
 
     def _new_conn(self) -> socket.socket:
         sock = super()._new_conn()
