@@ -11,8 +11,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import backoff
-
 from . import _config
 
 #: Statuses the API contract names as transient. 501 and 505 are 5xx but retrying cannot fix them.
@@ -49,6 +47,10 @@ class RetryPolicy:
 
     def waits(self) -> Iterator[float]:
         """The successive computed waits of one message, jittered and capped."""
+        # Imported here, at the first retry: ``backoff`` imports asyncio, 20 ms that a program
+        # pays at ``import flameup_analytics`` otherwise.
+        import backoff
+
         generator = backoff.expo(base=2, factor=self.backoff_factor, max_value=self.max_backoff)
         generator.send(None)  # backoff's generators are primed with an empty send
         for ceiling in generator:
