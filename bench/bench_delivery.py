@@ -116,7 +116,7 @@ class Bench:
         self.config = config
         self.contenders = contenders
         self.progress = progress
-        self.ca_bundle: str | None = None
+        self.scratch = tempfile.gettempdir()
 
     def ours(self) -> list[Contender]:
         return [c for c in self.contenders if not c.is_peer]
@@ -138,6 +138,10 @@ class Bench:
         if done.returncode != 0 or not lines:
             raise RuntimeError(f"{contender.name} {spec['scenario']} failed:\n{done.stderr[-3000:]}")
         result: dict[str, Any] = json.loads(lines[-1])
+        if contender.pythonpath and not result["sdk_path"].startswith(contender.pythonpath):
+            raise RuntimeError(
+                f"{contender.name} ran {result['sdk_path']}, not the copy in {contender.pythonpath}"
+            )
         return result
 
     def rounds(
@@ -292,6 +296,10 @@ def host(bench: Bench, server: ApiServer, work_iterations: int) -> dict[str, Any
         row["offered_per_s"] = result["offered"] / (result["t1"] - result["t0"])
         row["loop_us_per_event"] = result["loop_us_per_event"]
         row["disabled_loop_us_per_event"] = reference["loop_us_per_event"]
+        # The host thread's own CPU per event: wall time above it is time spent waiting (GIL, other
+        # processes on this shared machine).
+        row["loop_cpu_us_per_event"] = result["loop_cpu_us_per_event"]
+        row["disabled_loop_cpu_us_per_event"] = reference["loop_cpu_us_per_event"]
         row["slowdown_pct"] = (result["loop_us_per_event"] / reference["loop_us_per_event"] - 1) * 100
         row["backlog_at_end"] = result["offered"] - row["delivered"]
         for name in ("dropped", "spooled"):
@@ -391,45 +399,68 @@ def import_time(bench: Bench) -> dict[str, Any]:
         env = contender.environment()
         code = f"import time; t = time.perf_counter(); import {module}; print(time.perf_counter() - t)"
         samples = []
-        subprocess.run([contender.python, "-c", f"import {module}"], env=env, check=True)  # writes .pyc
+
+        def python(
+            *arguments: str, interpreter: str = contender.python, env: dict[str, str] = env
+        ) -> subprocess.CompletedProcess[str]:
+            # Run outside the repository: ``-c`` puts the working directory first on sys.path,
+            # where the working tree's package would shadow a snapshot on PYTHONPATH.
+            command = [interpreter, *arguments]
+            return subprocess.run(
+                command, capture_output=True, text=True, env=env, cwd=bench.scratch, check=True
+            )
+
+        python("-c", f"import {module}")  # writes the bytecode cache
         for _ in range(count):
-            done = subprocess.run([contender.python, "-c", code], capture_output=True, text=True, env=env)
-            samples.append(float(done.stdout.strip()) * 1000)
-        done = subprocess.run(
-            [contender.python, "-X", "importtime", "-c", f"import {module}"],
-            capture_output=True,
-            text=True,
-            env=env,
-        )
+            samples.append(float(python("-c", code).stdout.strip()) * 1000)
         out[contender.name] = {
             "median_ms": statistics.median(samples),
             "min_ms": min(samples),
             "samples_ms": samples,
-            "heaviest_direct_imports_ms": heaviest_imports(done.stderr, module),
+            "module_file": python("-c", f"import {module}; print({module}.__file__)").stdout.strip(),
+            "heaviest_imports_ms": heaviest_imports(
+                python("-X", "importtime", "-c", f"import {module}").stderr, module
+            ),
         }
     return out
 
 
-def heaviest_imports(importtime: str, module: str, top: int = 8) -> dict[str, float]:
-    """The direct imports of ``module`` by cumulative time, from ``-X importtime`` output."""
+def heaviest_imports(importtime: str, module: str, top: int = 6) -> dict[str, dict[str, float]]:
+    """From ``-X importtime`` output: what ``module`` pulls in from outside its own package (the
+    first outside import on each path, by cumulative ms), and its own modules by self ms."""
     entries = []
     for line in importtime.splitlines():
         if not line.startswith("import time:") or "cumulative" in line:
             continue
-        _, cumulative, name = line[len("import time:") :].split("|")
-        entries.append((len(name) - len(name.lstrip()), name.strip(), int(cumulative) / 1000))
+        own, cumulative, name = line[len("import time:") :].split("|")
+        entries.append(
+            (len(name) - len(name.lstrip()), name.strip(), int(own) / 1000, int(cumulative) / 1000)
+        )
     root = next((i for i in range(len(entries) - 1, -1, -1) if entries[i][1] == module), None)
     if root is None:
         return {}
-    depth = entries[root][0]
-    children: list[tuple[str, float]] = []
-    for indent, name, ms in reversed(entries[:root]):
-        if indent <= depth:
-            break
-        if indent == depth + 2:
-            children.append((name, ms))
-    children.sort(key=lambda item: -item[1])
-    return {name: round(ms, 1) for name, ms in children[:top]}
+    first = root
+    while first > 0 and entries[first - 1][0] > entries[root][0]:
+        first -= 1
+    package = module.split(".")[0]
+
+    def inside(name: str) -> bool:
+        return name.split(".")[0] == package
+
+    outside: list[tuple[str, float]] = []
+    own: list[tuple[str, float]] = []
+    for i in range(first, root + 1):
+        indent, name, self_ms, cumulative_ms = entries[i]
+        if inside(name):
+            own.append((name, self_ms))
+            continue
+        parent = next((entries[j][1] for j in range(i + 1, root + 1) if entries[j][0] < indent), module)
+        if inside(parent):
+            outside.append((name, cumulative_ms))
+    return {
+        "outside_cumulative": {name: round(ms, 1) for name, ms in sorted(outside, key=lambda x: -x[1])[:top]},
+        "own_self": {name: round(ms, 1) for name, ms in sorted(own, key=lambda x: -x[1])[:top]},
+    }
 
 
 # --- setup -----------------------------------------------------------------------------------------
@@ -520,6 +551,7 @@ def run(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
         contenders = contenders_for(args, scratch, progress)
         results["contenders"] = {c.name: {"label": c.label, "sdk": c.sdk} for c in contenders}
         bench = Bench(config, contenders, progress)
+        bench.scratch = scratch
 
         def step(name: str, body: Callable[[], Any]) -> None:
             if name in only:
@@ -638,8 +670,9 @@ def table(results: dict[str, Any]) -> str:
     if "imports" in results:
         lines += ["", "import time, ms (median of fresh interpreters)"]
         for name, row in results["imports"].items():
-            heavy = ", ".join(f"{k} {v}" for k, v in list(row["heaviest_direct_imports_ms"].items())[:4])
-            lines.append(f"  {name:9}{row['median_ms']:8.1f}   heaviest: {heavy}")
+            heavy = row["heaviest_imports_ms"].get("outside_cumulative", {})
+            listed = ", ".join(f"{k} {v}" for k, v in list(heavy.items())[:5])
+            lines.append(f"  {name:9}{row['median_ms']:8.1f}   (one -X importtime run) pulls in: {listed}")
     return "\n".join(lines)
 
 

@@ -158,10 +158,13 @@ def storm(results: dict[str, Any], out: str) -> None:
             label="accepted events/s",
         )
         rate.set_ylabel("accepted events/s", fontsize=8)
+        # Head room for the legend above the curves.
+        ax.set_ylim(0, max([v for _, v in series["in_flight"]] + [1]) * 1.7)
+        rate.set_ylim(0, rate.get_ylim()[1] * 1.7)
         ax.set_ylabel("in flight", fontsize=8)
         ax.set_title(f"{names[name]}: lost {run['lost']}, 429s {run['refused_429']}", fontsize=9)
         handles = ax.get_legend_handles_labels()[0] + rate.get_legend_handles_labels()[0]
-        ax.legend(handles=handles, fontsize=7, loc="upper right")
+        ax.legend(handles=handles, fontsize=7, loc="upper right", ncol=2)
     axes[-1, 0].set_xlabel("seconds from the start of the offered load")
     fig.suptitle("429 storm at 50 ms per request", fontsize=11)
     footer(fig, results)
