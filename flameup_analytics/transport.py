@@ -139,8 +139,9 @@ _HEAD_TOO_LARGE = f"answer's header section larger than {MAX_HEADER_BYTES // 102
 
 class _AnswerLimits:
     """What the answer being read from a socket may still take: time until ``deadline``, and
-    ``allowance`` more bytes. Set for each answer; every receive goes through :meth:`_before`
-    and :meth:`_counted`, so a server dripping bytes cannot stretch an attempt."""
+    ``allowance`` more bytes. Set for each answer. Every receive waits only for the time left and
+    is counted, so a server dripping bytes cannot stretch an attempt, nor a large answer fill memory.
+    """
 
     deadline = math.inf
     allowance = MAX_HEADER_BYTES
@@ -158,10 +159,7 @@ class _AnswerLimits:
         self.refusal = _BODY_TOO_LARGE
 
     def _time_left(self) -> float:
-        left = self.deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError("timed out")
-        return left
+        return _time_left(self.deadline)
 
     def _counted(self, received: int) -> int:
         self.allowance -= received
@@ -171,8 +169,8 @@ class _AnswerLimits:
 
 
 class _LimitedSocket(socket.socket, _AnswerLimits):
-    """HTTPTransport's TCP sockets. Limits on the socket itself cost the least per request: the
-    standard ``http.client`` answer reads from it as it is."""
+    """HTTPTransport's TCP sockets. ``http.client`` reads an answer through ``makefile()``, one
+    ``recv_into`` at a time: limits kept on the socket cost the least per request."""
 
     def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
         self.settimeout(self._time_left())
