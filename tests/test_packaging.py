@@ -99,6 +99,17 @@ def test_the_wheel_carries_the_license_urls_and_typing_marker(dist: Path) -> Non
 # --- the wheel, installed alone ----------------------------------------------------------------
 
 
+def outside_env(**extra: str) -> dict[str, str]:
+    """The environment for the fresh virtualenv's processes: none of this one's Python settings
+    (a PYTHONPATH would show them the source tree, and pip would take it for the installed SDK)."""
+    kept = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("FLAMEUP_", "PYTHON", "COVERAGE", "VIRTUAL_ENV"))
+    }
+    return {**kept, **extra}
+
+
 @pytest.fixture(scope="module")
 def fresh_env(dist: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A new virtual environment with the wheel and its runtime dependencies only (from the
@@ -109,7 +120,7 @@ def fresh_env(dist: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     install = subprocess.run(
         [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
          str(only(dist, "*.whl"))],
-        capture_output=True, text=True, timeout=300, check=False,
+        env=outside_env(), capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert install.returncode == 0, install.stderr
     return home
@@ -119,8 +130,9 @@ def test_the_wheel_installs_without_the_dev_tools(fresh_env: Path) -> None:
     dev_tools = ("pytest", "openapi_core", "django", "mkdocs")
     probe = f"import importlib.util as u; print([m for m in {dev_tools!r} if u.find_spec(m)])"
     result = subprocess.run(
-        [str(fresh_env / "bin" / "python"), "-c", probe], capture_output=True, text=True, check=True
-    )
+        [str(fresh_env / "bin" / "python"), "-c", probe],
+        env=outside_env(), capture_output=True, text=True, check=True,
+    )  # fmt: skip
     assert result.stdout.strip() == "[]"
 
 
@@ -130,7 +142,7 @@ def devserver(fresh_env: Path, tmp_path: Path) -> Iterator[tuple[subprocess.Pope
     environment it tells clients to use."""
     process = subprocess.Popen(
         [str(fresh_env / "bin" / "flameup-analytics"), "devserver", "--port", "0", "--json"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+        env=outside_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
     )  # fmt: skip
     try:
         assert process.stdout is not None
@@ -149,12 +161,7 @@ def test_the_quickstart_runs_against_the_devserver_from_the_wheel_alone(
     fresh_env: Path, devserver: tuple[subprocess.Popen[str], dict[str, str]], tmp_path: Path
 ) -> None:
     process, server_env = devserver
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("FLAMEUP_", "PYTHON", "COVERAGE", "VIRTUAL_ENV"))
-    }
-    env.update(server_env, XDG_CACHE_HOME=str(tmp_path / "cache"))
+    env = outside_env(**server_env, XDG_CACHE_HOME=str(tmp_path / "cache"))
     result = subprocess.run(
         [str(fresh_env / "bin" / "python"), str(ROOT / "examples" / "quickstart.py")],
         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False,
