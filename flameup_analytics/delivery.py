@@ -17,6 +17,9 @@ from .transport import Request, Response, Transport
 
 
 class Result(enum.Enum):
+    """How the attempts to send one message ended (the ``result`` of an :class:`Outcome`)."""
+
+    #: A 2xx: the API took it.
     DELIVERED = "delivered"
     #: A 4xx other than 401/403: the message itself is wrong and no retry can help.
     REJECTED = "rejected"
@@ -34,6 +37,9 @@ class Result(enum.Enum):
 
 @dataclass(frozen=True)
 class Outcome:
+    """Where the attempts to send one message ended: the result, how many requests were made,
+    the last answer (None when none came) and the error behind a failure."""
+
     result: Result
     attempts: int
     response: Response | None = None
@@ -41,10 +47,12 @@ class Outcome:
 
     @property
     def status(self) -> int | None:
+        """The last HTTP status received, or None when no answer came."""
         return None if self.response is None else self.response.status
 
     @property
     def tried(self) -> tuple[int, int | None]:
+        """``(attempts, status)``: what was tried, as ``on_outcome`` reports it."""
         return self.attempts, self.status
 
 

@@ -83,6 +83,8 @@ class CapturedTransactional:
 
 
 CapturedMessage: TypeAlias = CapturedTrack | CapturedIdentify | CapturedTransactional
+"""Any captured message: a :class:`CapturedTrack`, :class:`CapturedIdentify` or
+:class:`CapturedTransactional` (``Captured.messages`` holds them in call order)."""
 _M = TypeVar("_M", CapturedTrack, CapturedIdentify)
 
 _MISSING: Any = object()
