@@ -188,9 +188,6 @@ MISSING_DOCSTRINGS: set[str] = {
     "flameup_analytics.send_transactional",  # __init__.py
     "flameup_analytics.get_person",  # __init__.py
     "flameup_analytics.stats",  # __init__.py
-    "flameup_analytics.Result",  # delivery.py
-    "flameup_analytics.Outcome",  # delivery.py
-    "flameup_analytics.testing.CapturedMessage",  # testing/capture.py: a docstring after the alias
 }
 
 
