@@ -71,21 +71,25 @@ def test_an_answer_dripping_a_byte_at_a_time_ends_at_the_timeout(
     transport.close()
 
 
-def test_a_dripping_proxy_tunnel_ends_at_the_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+@BOTH
+def test_a_dripping_proxy_tunnel_ends_at_the_timeout(
+    transport_class: TransportClass, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # The proxy answers the CONNECT one byte at a time: the deadline covers the tunnel too.
     with MisbehavingServer(misbehaving.drip(b"", b"HTTP/1.1 200 " + b"O" * 10_000 + b"\r\n\r\n")) as proxy:
         monkeypatch.setenv("HTTPS_PROXY", proxy.url)
         monkeypatch.setenv("NO_PROXY", "")
         with pytest.raises(fa.TransportError, match="timed out"):
-            fa.HTTPTransport().send(track_request("https://127.0.0.1:9"), timeout=0.5)
+            transport_class().send(track_request("https://127.0.0.1:9"), timeout=0.5)
 
 
-def test_a_dripping_tls_handshake_ends_at_the_timeout() -> None:
+@BOTH
+def test_a_dripping_tls_handshake_ends_at_the_timeout(transport_class: TransportClass) -> None:
     # Bytes that never complete a ServerHello, one at a time.
     with MisbehavingServer(misbehaving.drip(b"", b"\x16\x03\x03" + b"\x00" * 10_000)) as server:
         https_url = server.url.replace("http://", "https://")
         with pytest.raises(fa.TransportError, match="timed out"):
-            fa.HTTPTransport().send(track_request(https_url), timeout=0.5)
+            transport_class().send(track_request(https_url), timeout=0.5)
 
 
 def test_get_person_against_a_dripping_server_fails_at_its_timeout() -> None:
