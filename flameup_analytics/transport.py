@@ -158,9 +158,6 @@ class _AnswerLimits:
         self.allowance = MAX_RESPONSE_BYTES + MAX_HEADER_BYTES
         self.refusal = _BODY_TOO_LARGE
 
-    def _time_left(self) -> float:
-        return _time_left(self.deadline)
-
     def _counted(self, received: int) -> int:
         self.allowance -= received
         if self.allowance < 0:
@@ -173,7 +170,7 @@ class _LimitedSocket(socket.socket, _AnswerLimits):
     ``recv_into`` at a time: limits kept on the socket cost the least per request."""
 
     def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
-        self.settimeout(self._time_left())
+        self.settimeout(_time_left(self.deadline))
         return self._counted(super().recv_into(buffer, nbytes, flags))
 
 
@@ -181,7 +178,7 @@ class _LimitedSSLSocket(ssl.SSLSocket, _AnswerLimits):
     """HTTPTransport's TLS sockets (its ``SSLContext.sslsocket_class``)."""
 
     def recv_into(self, buffer: Any, nbytes: int | None = None, flags: int = 0) -> int:
-        self.settimeout(self._time_left())
+        self.settimeout(_time_left(self.deadline))
         return self._counted(super().recv_into(buffer, nbytes, flags))
 
 
@@ -203,7 +200,7 @@ class _AnswerReader(io.RawIOBase, _AnswerLimits):
         return True
 
     def readinto(self, buffer: Any) -> int:
-        self._sock.settimeout(self._time_left())
+        self._sock.settimeout(_time_left(self.deadline))
         return self._counted(self._sock.recv_into(buffer))
 
     def close(self) -> None:
