@@ -69,6 +69,7 @@ FULL: dict[str, Any] = {
     "storm": {"rate": 200, "seconds": 8.0, "storm_from": 2.0, "storm_for": 3.0, "cap": 20.0},
     "latency": {"rate": 1000, "seconds": 3.0, "reference_seconds": 1.0},
     "imports": 15,
+    "floor_requests": 3000,
 }
 QUICK: dict[str, Any] = {
     "rounds": 1,
@@ -80,8 +81,9 @@ QUICK: dict[str, Any] = {
     "storm": {"rate": 200, "seconds": 7.0, "storm_from": 2.0, "storm_for": 3.0, "cap": 15.0},
     "latency": {"rate": 1000, "seconds": 2.0, "reference_seconds": 0.5},
     "imports": 5,
+    "floor_requests": 1500,
 }
-SCENARIOS = ("throughput", "hot_user", "bursts", "host", "storm", "latency", "imports")
+SCENARIOS = ("throughput", "hot_user", "bursts", "host", "storm", "latency", "floors", "imports")
 
 
 @dataclass(frozen=True)
@@ -138,10 +140,8 @@ class Bench:
         if done.returncode != 0 or not lines:
             raise RuntimeError(f"{contender.name} {spec['scenario']} failed:\n{done.stderr[-3000:]}")
         result: dict[str, Any] = json.loads(lines[-1])
-        if contender.pythonpath and not result["sdk_path"].startswith(contender.pythonpath):
-            raise RuntimeError(
-                f"{contender.name} ran {result['sdk_path']}, not the copy in {contender.pythonpath}"
-            )
+        if contender.pythonpath and not result.get("sdk_path", "").startswith(contender.pythonpath):
+            raise RuntimeError(f"{contender.name} ran {result.get('sdk_path')}, not {contender.pythonpath}")
         return result
 
     def rounds(
@@ -390,6 +390,29 @@ def latency(bench: Bench, server: ApiServer) -> dict[str, Any]:
     return summarize(bench.rounds(bench.contenders, measure), "sleep_p50_us")
 
 
+def floors(bench: Bench, server: ApiServer) -> dict[str, Any]:
+    """No SDK, 0 ms: the client CPU one request costs on one keep-alive connection (``http.client``;
+    a raw socket with a prebuilt request), and what the server spends on it."""
+    count = bench.config["floor_requests"]
+    bench.progress(f"floors: {count:,} requests on one connection, http.client and a raw socket, 0 ms")
+    plain = Contender("floor", "none", "no SDK", sys.executable)
+    found: dict[str, list[dict[str, Any]]] = {"http.client": [], "raw socket": []}
+    server.call("configure", delay=0.0)
+    for _ in range(bench.config["rounds"]):
+        for method, rows in found.items():
+            server.call("reset")
+            result = bench.run(plain, server, {"scenario": "floor", "method": method, "requests": count})
+            report = server.call("report")
+            rows.append(
+                {
+                    "client_cpu_us_per_request": result["cpu_s"] / count * 1e6,
+                    "requests_per_s": count / (result["t1"] - result["t0"]),
+                    "server_cpu_us_per_request": report["cpu_us_per_request"],
+                }
+            )
+    return {method: median_row(rows) for method, rows in found.items()}
+
+
 def import_time(bench: Bench) -> dict[str, Any]:
     count = bench.config["imports"]
     bench.progress(f"import time, {count} fresh interpreters each")
@@ -565,6 +588,7 @@ def run(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
             step("host", lambda: host(bench, server, calibrate_work()))
             step("storm", lambda: storm(bench, server))
             step("latency", lambda: latency(bench, server))
+            step("floors", lambda: floors(bench, server))
         step("imports", lambda: import_time(bench))
         if args.tls and "throughput" in only:
             with ApiServer(tls=True) as server:
@@ -666,6 +690,14 @@ def table(results: dict[str, Any]) -> str:
                 f"{fmt(row['in_flight_peak_after_storm'])}; "
                 f"all delivered at {fmt(row['all_delivered_at_s'], '.1f')} s"
                 f"; limit in stats(): {'yes' if row['limit_reported'] else 'no'}"
+            )
+    if "floors" in results:
+        lines += ["", "floors, no SDK: one thread, one keep-alive connection, 0 ms"]
+        for method, row in results["floors"].items():
+            lines.append(
+                f"  {method:12} client CPU {row['client_cpu_us_per_request']:5.1f} us/request, "
+                f"{row['requests_per_s']:7,.0f} requests/s, "
+                f"server CPU {row['server_cpu_us_per_request']:5.1f} us/request"
             )
     if "imports" in results:
         lines += ["", "import time, ms (median of fresh interpreters)"]

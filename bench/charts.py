@@ -38,6 +38,13 @@ def footer(fig: Any, results: dict[str, Any]) -> None:
     )
 
 
+def save(fig: Any, results: dict[str, Any], out: str, name: str) -> None:
+    footer(fig, results)
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    fig.savefig(os.path.join(out, name), dpi=110)
+    plt.close(fig)
+
+
 def delivered_vs_latency(results: dict[str, Any], out: str) -> None:
     fig, ax = plt.subplots(figsize=(8, 5))
     names = labels(results)
@@ -66,9 +73,7 @@ def delivered_vs_latency(results: dict[str, Any], out: str) -> None:
     ax.set_title("Delivered events/s vs API latency (default options)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    footer(fig, results)
-    fig.savefig(os.path.join(out, "delivered_vs_latency.png"), dpi=110)
-    plt.close(fig)
+    save(fig, results, out, "delivered_vs_latency.png")
 
 
 def cpu_per_event(results: dict[str, Any], out: str) -> None:
@@ -83,11 +88,10 @@ def cpu_per_event(results: dict[str, Any], out: str) -> None:
     ax.set_xticks(range(len(names)), [label.replace(" (", "\n(") for label in names.values()], fontsize=8)
     ax.set_ylabel("client CPU µs per delivered event")
     ax.set_title("Client CPU per delivered event, 0 ms API (track + delivery, whole process)")
-    ax.axhline(results["targets"]["client_cpu_us_per_event_0ms"], color="#d9480f", ls=":", lw=1)
-    footer(fig, results)
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
-    fig.savefig(os.path.join(out, "cpu_per_event.png"), dpi=110)
-    plt.close(fig)
+    target = results["targets"]["client_cpu_us_per_event_0ms"]
+    ax.axhline(target, color="#d9480f", ls=":", lw=1, label=f"issue 9 target for flameup: {target} µs")
+    ax.legend(fontsize=8)
+    save(fig, results, out, "cpu_per_event.png")
 
 
 def track_latency(results: dict[str, Any], out: str) -> None:
@@ -121,10 +125,7 @@ def track_latency(results: dict[str, Any], out: str) -> None:
     axes[0].set_ylabel("µs per track() call (log)")
     axes[0].legend(fontsize=7)
     fig.suptitle("track() in the caller's thread, offering 1,000 events/s to an API 50 ms away")
-    footer(fig, results)
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
-    fig.savefig(os.path.join(out, "track_latency.png"), dpi=110)
-    plt.close(fig)
+    save(fig, results, out, "track_latency.png")
 
 
 def storm(results: dict[str, Any], out: str) -> None:
@@ -167,10 +168,7 @@ def storm(results: dict[str, Any], out: str) -> None:
         ax.legend(handles=handles, fontsize=7, loc="upper right", ncol=2)
     axes[-1, 0].set_xlabel("seconds from the start of the offered load")
     fig.suptitle("429 storm at 50 ms per request", fontsize=11)
-    footer(fig, results)
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
-    fig.savefig(os.path.join(out, "storm.png"), dpi=110)
-    plt.close(fig)
+    save(fig, results, out, "storm.png")
 
 
 def main() -> None:

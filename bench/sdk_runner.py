@@ -333,20 +333,82 @@ def latency(sdk: Any, spec: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-SCENARIOS = {"throughput": throughput, "bursts": bursts, "host": host, "storm": storm, "latency": latency}
+def floor(_: Any, spec: dict[str, Any]) -> dict[str, Any]:
+    """No SDK: one thread posting the same track body ``requests`` times over one keep-alive
+    connection, with ``http.client`` or with a raw socket and a prebuilt request; its CPU per request."""
+    import http.client
+    import socket
+    import urllib.parse
+
+    url = urllib.parse.urlsplit(spec["url"])
+    host, port = url.hostname or "127.0.0.1", url.port or 80
+    body = json.dumps({"external_id": USERS[0], "event": EVENT, "parameters": PROPERTIES}).encode()
+    headers = {
+        "Authorization": "Bearer bench_key",
+        "Content-Type": "application/json",
+        "Accept": "application/json",
+    }
+    count = spec["requests"]
+    if spec["method"] == "http.client":
+        connection = http.client.HTTPConnection(host, port, timeout=10)
+
+        def post(i: int) -> None:
+            connection.request("POST", "/api/v1/track", body, {**headers, "Idempotency-Key": f"floor-{i}"})
+            connection.getresponse().read()
+
+    else:
+        lines = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+        prebuilt = (
+            f"POST /api/v1/track HTTP/1.1\r\nHost: {url.netloc}\r\n{lines}Content-Length: {len(body)}\r\n\r\n"
+        ).encode() + body
+        connection = socket.create_connection((host, port), timeout=10)
+        connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+        def post(i: int) -> None:
+            connection.sendall(prebuilt)
+            answer = b""
+            while True:
+                answer += connection.recv(65536)
+                head_end = answer.find(b"\r\n\r\n")
+                if head_end >= 0:
+                    length = int(answer.lower().split(b"content-length:", 1)[1].split(b"\r\n", 1)[0])
+                    if len(answer) >= head_end + 4 + length:
+                        return
+
+    cpu = time.process_time()
+    started = time.monotonic()
+    for i in range(count):
+        post(i)
+    ended = time.monotonic()
+    cpu_s = time.process_time() - cpu
+    connection.close()
+    return {"t0": started, "t1": ended, "offered": count, "cpu_s": cpu_s}
+
+
+SCENARIOS = {
+    "throughput": throughput,
+    "bursts": bursts,
+    "host": host,
+    "storm": storm,
+    "latency": latency,
+    "floor": floor,
+}
 
 
 def main() -> None:
     spec = json.loads(sys.argv[1])
-    sdk = ADAPTERS[spec["sdk"]](spec["url"], disabled=spec.get("disabled", False))
-    try:
-        result = SCENARIOS[spec["scenario"]](sdk, spec)
-        result["sdk_stats"] = sdk.stats()
-        result["sdk_version"] = sdk.version
-        result["sdk_path"] = sdk.path
-        result["threads"] = threading.active_count()
-    finally:
-        sdk.close()
+    if spec["sdk"] == "none":
+        result = SCENARIOS[spec["scenario"]](None, spec)
+    else:
+        sdk = ADAPTERS[spec["sdk"]](spec["url"], disabled=spec.get("disabled", False))
+        try:
+            result = SCENARIOS[spec["scenario"]](sdk, spec)
+            result["sdk_stats"] = sdk.stats()
+            result["sdk_version"] = sdk.version
+            result["sdk_path"] = sdk.path
+            result["threads"] = threading.active_count()
+        finally:
+            sdk.close()
     sys.stdout.write(json.dumps(result) + "\n")
     sys.stdout.flush()
     os._exit(0)
