@@ -242,7 +242,7 @@ def _usable_proxy(url: str) -> str | None:
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname or not _has_valid_port(parts):
         raise ConfigurationError(
-            f"cannot send to {redact_url(url)}: not an http:// or https:// URL with a host",
+            f"cannot send to {redact_url(url)}: not an http:// or https:// URL with a host and a valid port",
             option="host",
             env="FLAMEUP_HOST",
         )
