@@ -61,10 +61,33 @@ def unacknowledged(data: bytes, ack: int | None) -> tuple[list[Record], int]:
     an intact record; any other value is one more damaged place and acknowledges nothing, so the
     whole segment is sent again (the idempotency keys make the duplicates harmless).
     """
+    records, damage, believed = _after_ack(data, ack)
+    return records, len(damage) + (0 if believed else 1)
+
+
+def appended(data: bytes, ack: int | None, *, trusted: bool = False) -> tuple[list[Record], int]:
+    """The records of a segment whose writer may still append to it, after ``ack``, and the
+    damaged places among them, as :func:`unacknowledged` says, except that a damaged stretch after
+    the last intact record is not counted: it may be a record being written (read it next time).
+
+    ``trusted``: ``ack`` was written by the caller itself, so reading starts there, without
+    checking it from the segment's start (a segment read again and again stays cheap)."""
+    if trusted and ack is not None:
+        records, damage = _scan(data, ack)
+        believed = True
+    else:
+        records, damage, believed = _after_ack(data, ack)
+    last = records[-1].end if records else -1
+    return records, sum(1 for at in damage if at < last) + (0 if believed else 1)
+
+
+def _after_ack(data: bytes, ack: int | None) -> tuple[list[Record], list[int], bool]:
+    """The records after ``ack``, where the damaged stretches among them begin, and whether the
+    ack was believed (else everything is read)."""
     records, damage = _scan(data, 0)
     if ack is not None and (ack == 0 or any(record.end == ack for record in records)):
-        return [record for record in records if record.end > ack], sum(1 for at in damage if at >= ack)
-    return records, len(damage) + 1
+        return [record for record in records if record.end > ack], [at for at in damage if at >= ack], True
+    return records, damage, False
 
 
 def _scan(data: bytes, start: int) -> tuple[list[Record], list[int]]:

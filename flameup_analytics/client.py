@@ -42,6 +42,7 @@ from .message import (
     with_json_default,
 )
 from .queue import MessageQueue
+from .relay import RelayWriter
 from .retry import RetryPolicy
 from .spool import DEFAULT_MAX_BYTES, DiskSpool, NoSpool, default_directories
 from .transport import HTTPTransport, Request, Transport
@@ -97,6 +98,8 @@ class Client:
       thread; returns it (changed or not) or None to drop it (``stats().filtered``).
     - ``default_parameters``: merged into every ``track``'s parameters (the call's keys win).
     - ``json_default``: converts values the SDK has no JSON form for (like ``json.dumps``).
+    - ``delivery`` (``"in_process"``): ``"relay"`` appends each message to this process's segment
+      in the spool directory, for a relay process to deliver (docs/relay.md).
     - ``sync_mode``, ``disabled``, ``debug``, ``handle_signals``, ``transport``,
       ``worker_idle_timeout``, ``max_message_bytes``.
 
@@ -132,6 +135,7 @@ class Client:
         before_send: BeforeSend | None = None,
         default_parameters: Mapping[str, Any] | None = None,
         json_default: Convert | None = None,
+        delivery: Literal["in_process", "relay"] = "in_process",
     ) -> None:
         self.disabled = _config.flag("disabled", disabled)
         self.api_key = _config.api_key(api_key, self.disabled)
@@ -187,6 +191,11 @@ class Client:
         if spool_dir is not False and not disabled and spool.AVAILABLE:
             directory = default_directories(self.host, self.workspace_id) if spool_dir is None else spool_dir
             self._spool = DiskSpool(directory, max_bytes=max_spool_bytes)
+        self.delivery = _config.choice("delivery", delivery, ("in_process", "relay"))
+        #: Relay mode's writer (docs/relay.md); None in the in-process mode.
+        self.relay: RelayWriter | None = None
+        if self.delivery == "relay" and not disabled:
+            self.relay = self._relay_writer(spool_dir)
         self._closed = False
         self._reset_runtime()
         lifecycle.register(self)
@@ -211,7 +220,17 @@ class Client:
         self._queue_directly = self._may_queue_directly()
 
     def _may_queue_directly(self) -> bool:
-        return not (self.disabled or self.sync_mode or self._closed) and _recorder is None
+        return not (self.disabled or self.sync_mode or self._closed or self.relay) and _recorder is None
+
+    def _relay_writer(self, spool_dir: object) -> RelayWriter:
+        _config.require(not self.sync_mode, "delivery='relay' cannot be combined with sync_mode", "delivery")
+        _config.require(spool_dir is not False, "delivery='relay' needs a spool directory", "spool_dir")
+        _config.require(self._spool is not None, "delivery='relay' needs POSIX file locks", "delivery")
+        assert self._spool is not None
+        environment = {"FLAMEUP_API_KEY": self.api_key, "FLAMEUP_HOST": self.host}
+        if self.workspace_id is not None:
+            environment["FLAMEUP_WORKSPACE_ID"] = self.workspace_id
+        return RelayWriter(self._spool, environment)
 
     def _reroute(self) -> None:
         """Recompute the hot path's flag, as a capture begins or ends."""
@@ -225,6 +244,8 @@ class Client:
             self._transport = HTTPTransport(pool_size=self.max_concurrency)
         if self._spool is not None:
             self._spool.after_fork_in_child()
+        if self.relay is not None:
+            self.relay.after_fork_in_child()
         self._reset_runtime()
 
     # --- the hot path -------------------------------------------------------------------------
@@ -307,6 +328,8 @@ class Client:
             return
         if self.disabled:
             return
+        if self.relay is not None and not self._closed and self._relayed(self.relay, message):
+            return
         with self._shutdown_lock:
             self._bypassed += 1
         if self.sync_mode and not self._closed:
@@ -316,6 +339,17 @@ class Client:
         else:
             full = f"the memory queue is full (max_queue_size={self.max_queue_size})"
             self._ledger.hand_on([message], DeliveryError("queue_full", full))
+
+    def _relayed(self, relay: RelayWriter, message: Queued) -> bool:
+        """Relay mode: into this process's segment, else (the directory full or unwritable) to the
+        in-process worker; False when the memory queue is full too."""
+        if relay.append(message):
+            return True
+        if not self._queue.put(message):
+            return False
+        if self._worker is None:
+            self._start_worker()
+        return True
 
     def _start_worker(self) -> None:
         with self._worker_lock:
@@ -484,6 +518,7 @@ class Client:
         deadline passed first, or when something went to the spool (replayed later) or was
         dropped: ``stats()`` and ``on_error`` say which. Never raises, never waits longer.
         """
+        started = time.monotonic()
         try:
             baseline = self._flush_baseline
             worker = self._worker
@@ -491,6 +526,8 @@ class Client:
                 settled = len(self._queue) == 0
             else:
                 settled = worker.wait_settled(self._queue.mark(), max(0.0, timeout))
+            if self.relay is not None:
+                settled = self.relay.flush(max(0.0, timeout - (time.monotonic() - started))) and settled
             self._flush_baseline = unreached = self._ledger.unreached
             return settled and unreached == baseline
         except Exception:
@@ -564,6 +601,8 @@ class Client:
                             len(leftovers),
                             self._where_left(kept, len(leftovers) - kept),
                         )
+            if self.relay is not None:
+                self.relay.close()
             if self._spool is not None:
                 self._spool.close()
             if self._own_transport:

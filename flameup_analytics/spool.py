@@ -194,7 +194,7 @@ class DiskSpool:
         """How many of ``frames`` fit under the cap. The cap limits new writes only: what is
         already on disk is never dropped to make room."""
         if self._used is None:
-            self._used = self._measure()
+            self._used = measure(self.directory)
         fitting = _frames_within(frames, self.max_bytes - self._used)
         if fitting < len(frames):
             self.dropped_at_cap += len(frames) - fitting
@@ -235,7 +235,7 @@ class DiskSpool:
 
     def _reachable(self) -> bool:
         assert self._fd is not None and self._segment is not None
-        return _reachable(self._fd, self._segment)
+        return reachable(self._fd, self._segment)
 
     @property
     def directory(self) -> Path:
@@ -244,7 +244,8 @@ class DiskSpool:
             return self._directory
         return next((candidate for candidate in self._candidates if candidate.is_dir()), self._candidates[0])
 
-    def _make_directory(self) -> Path:
+    def make_directory(self) -> Path:
+        """The directory in use, made (with its parents) on first use: the first candidate that can be."""
         error: OSError | None = None
         for candidate in [self._directory] if self._directory else self._candidates:
             try:
@@ -258,33 +259,11 @@ class DiskSpool:
         raise error
 
     def _open_segment(self) -> None:
-        """Create, lock and verify a new segment named with the next sequence number."""
-        directory = self._make_directory()
         self._segment_number += 1
-        sequence = max(self._sequence, _highest_sequence(directory))
-        for _ in range(_NAME_ATTEMPTS):
-            sequence += 1
-            path = directory / segment_name(sequence, self._writer_token, self._segment_number)
-            try:
-                # O_EXCL: never take over an existing segment, whoever made it.
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
-            except FileExistsError:
-                continue
-            # A replayer may lock the new, empty file before we do and delete it (nothing in it
-            # is unfinished): then take the next name.
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                if _reachable(fd, path):
-                    self._fd, self._segment, self._written = fd, path, 0
-                    self._sequence = sequence
-                    return
-            except BlockingIOError:
-                pass
-            except OSError:
-                os.close(fd)
-                raise
-            os.close(fd)
-        raise OSError(errno.EEXIST, f"no free segment name in {directory}")
+        self._fd, self._segment, self._sequence = open_segment(
+            self.make_directory(), self._sequence, self._writer_token, self._segment_number, fcntl.LOCK_EX
+        )
+        self._written = 0
 
     def _detach(self) -> None:
         """Stop appending to the open segment; ``seal_pending`` makes it durable and replayable."""
@@ -331,15 +310,6 @@ class DiskSpool:
         self._segment_number = 0
         self._used = None
 
-    def _measure(self) -> int:
-        total = 0
-        with contextlib.suppress(OSError):  # no directory (yet): nothing in it
-            for entry in os.scandir(self.directory):
-                if entry.name.endswith(SEGMENT_SUFFIX):
-                    with contextlib.suppress(FileNotFoundError):
-                        total += entry.stat().st_size
-        return total
-
     # --- replaying -------------------------------------------------------------------------
 
     def segments(self) -> list[Path]:
@@ -366,12 +336,16 @@ class DiskSpool:
         for path in self.segments():
             reader = SegmentReader.open(path, self.warnings)
             if reader is not None:
-                if reader.corrupt:
-                    # A segment claimed again (its replay was cut short) shows the same damage again.
-                    seen = self._corrupt_seen.get(path.name, 0)
-                    self.corrupt += max(0, reader.corrupt - seen)
-                    self._corrupt_seen[path.name] = max(seen, reader.corrupt)
+                self.count_corrupt(reader)
                 yield reader
+
+    def count_corrupt(self, reader: SegmentReader) -> None:
+        """Count the damage a claimed segment shows, once: a segment claimed again (its replay
+        was cut short, or its writer still appends) shows the same damage again."""
+        if reader.corrupt:
+            seen = self._corrupt_seen.get(reader.path.name, 0)
+            self.corrupt += max(0, reader.corrupt - seen)
+            self._corrupt_seen[reader.path.name] = max(seen, reader.corrupt)
 
     def forget_bytes(self, count: int) -> None:
         with self._lock:
@@ -379,7 +353,7 @@ class DiskSpool:
                 self._used = max(0, self._used - count)
 
 
-def _reachable(fd: int, path: Path) -> bool:
+def reachable(fd: int, path: Path) -> bool:
     """Whether the file open as ``fd`` is still at ``path``, where later processes look for it:
     not unlinked, nor its directory removed, moved or replaced."""
     try:
@@ -388,6 +362,17 @@ def _reachable(fd: int, path: Path) -> bool:
     except OSError:
         return False
     return opened.st_nlink > 0 and (opened.st_dev, opened.st_ino) == (named.st_dev, named.st_ino)
+
+
+def measure(directory: Path) -> int:
+    """Bytes of all segments in ``directory`` (0 when there is none, or no directory)."""
+    total = 0
+    with contextlib.suppress(OSError):  # no directory (yet): nothing in it
+        for entry in os.scandir(directory):
+            if entry.name.endswith(SEGMENT_SUFFIX):
+                with contextlib.suppress(FileNotFoundError):
+                    total += entry.stat().st_size
+    return total
 
 
 def _write_fully(fd: int, data: bytes) -> tuple[int, OSError | None]:
@@ -417,6 +402,34 @@ def _highest_sequence(directory: Path) -> int:
     with contextlib.suppress(OSError):
         return max((sequence_of(entry.name) or 0 for entry in os.scandir(directory)), default=0)
     return 0
+
+
+def open_segment(directory: Path, floor: int, writer: str, number: int, lock: int) -> tuple[int, Path, int]:
+    """Create, lock (``lock``: ``LOCK_EX`` for a spilling writer, ``LOCK_SH`` for a relay writer)
+    and verify a new segment named with the next sequence number above ``floor`` and the
+    directory's highest; return its descriptor, path and sequence number."""
+    sequence = max(floor, _highest_sequence(directory))
+    for _ in range(_NAME_ATTEMPTS):
+        sequence += 1
+        path = directory / segment_name(sequence, writer, number)
+        try:
+            # O_EXCL: never take over an existing segment, whoever made it.
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        except FileExistsError:
+            continue
+        # A replayer may lock the new, empty file before we do and delete it (nothing in it
+        # is unfinished): then take the next name.
+        try:
+            fcntl.flock(fd, lock | fcntl.LOCK_NB)
+            if reachable(fd, path):
+                return fd, path, sequence
+        except BlockingIOError:
+            pass
+        except OSError:
+            os.close(fd)
+            raise
+        os.close(fd)
+    raise OSError(errno.EEXIST, f"no free segment name in {directory}")
 
 
 class SegmentReader:
@@ -453,7 +466,7 @@ class SegmentReader:
                 raise FileNotFoundError(path)
             with os.fdopen(os.dup(fd), "rb") as file:
                 data = file.read()
-            records, corrupt = unacknowledged(data, _read_ack(path))
+            records, corrupt = unacknowledged(data, read_ack(path))
         except OSError:
             os.close(fd)
             return None
@@ -467,10 +480,10 @@ class SegmentReader:
         the replay may go on: the records are final in this process, and a later replay resends
         them from the last ack that was written (duplicates the idempotency keys absorb).
         """
-        ack = _ack_path(self.path)
+        ack = ack_path(self.path)
         content = encode_ack(end)
         try:
-            _replace_file(ack, content)
+            replace_file(ack, content)
             return True
         except OSError as exc:
             error = exc
@@ -487,7 +500,7 @@ class SegmentReader:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path)
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(_ack_path(self.path))
+                os.unlink(ack_path(self.path))
             return True
         except OSError as exc:
             self._warnings.warn("delete", "cannot delete the replayed segment %s (%s)", self.path, exc)
@@ -502,19 +515,19 @@ class SegmentReader:
             self._fd = -1
 
 
-def _ack_path(segment: Path) -> Path:
+def ack_path(segment: Path) -> Path:
     return segment.with_name(segment.name + ".ack")
 
 
-def _read_ack(segment: Path) -> int | None:
+def read_ack(segment: Path) -> int | None:
     try:
-        with open(_ack_path(segment), "rb") as file:
+        with open(ack_path(segment), "rb") as file:
             return decode_ack(file.read(64))
     except OSError:  # none yet (or unreadable): nothing acknowledged
         return 0
 
 
-def _replace_file(path: Path, content: bytes) -> None:
+def replace_file(path: Path, content: bytes) -> None:
     """Write ``path`` atomically: a new file renamed over the old one."""
     temporary = path.with_name(path.name + ".new")
     try:

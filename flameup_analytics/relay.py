@@ -1,0 +1,362 @@
+"""Relay mode, the side of the process that tracks: its segments, the relay it needs, its flush.
+
+With ``Client(..., delivery="relay")``, ``track``/``identify`` append each record to this
+process's own segment in the spool directory with one ``write(2)`` (``O_APPEND``): when they
+return, the event is in the kernel and survives the process's SIGKILL, OOM kill or crash. A relay
+process (``relay_process.py``), one per directory, delivers it. Guarantees: docs/relay.md.
+
+The writer holds a *shared* ``flock`` on its segment while it appends: the relay, which takes the
+same shared lock, reads it meanwhile, up to the last intact record; a replayer that wants the
+segment for itself (an exclusive lock) waits until the writer is gone. A segment is sealed when its
+lock is released: the writer closed it (full, or at shutdown) or died. The relay then deletes it
+once every record is final.
+
+Files of the relay next to the segments: ``relay.lock`` (held, exclusively, by the running relay:
+the election), ``relay.json`` (its status, rewritten every second) and ``relay.log`` (what a relay
+started by a client logs).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import secrets
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+try:
+    import fcntl
+except ImportError:  # Windows: no relay mode (Client refuses it)
+    fcntl = None  # type: ignore[assignment]
+
+from ._spool_format import decode_ack, encode_record
+from .message import Queued
+from .spool import DEFAULT_SEGMENT_BYTES, DiskSpool, ack_path, measure, open_segment, reachable
+
+logger = logging.getLogger("flameup_analytics")
+
+LOCK_NAME = "relay.lock"
+STATUS_NAME = "relay.json"
+LOG_NAME = "relay.log"
+#: How often a client checks that a relay runs (and starts one), and seals what it filled.
+CHECK_INTERVAL = 0.5
+#: A relay a client started exits after this long with nothing left to deliver and no writer.
+AUTO_RELAY_IDLE_EXIT = 60.0
+#: A descriptor the hot path may still be about to write to is closed only after this long.
+_CLOSE_DELAY = 1.0
+#: Not more than one relay started per this long by one process (a relay takes time to elect itself).
+_START_INTERVAL = 2.0
+
+Fsync = Literal["never", "interval", "always"]
+
+
+@dataclass(frozen=True)
+class RelayStats:
+    """Relay mode's counters: this process's writes, and the relay's status."""
+
+    #: Records this process appended to its relay segments.
+    written: int
+    #: Messages that went to the in-process worker instead (the directory full or unwritable).
+    fallbacks: int
+    #: Relays this process started.
+    relays_started: int
+    #: The relay's status file (see ``flameup-analytics relay status``), or None without one.
+    relay: dict[str, Any] | None
+
+
+class RelayWriter:
+    """The relay-mode writer of one client: appends records from any thread, never blocks on a
+    lock, never raises. A daemon thread checks every ``CHECK_INTERVAL`` that a relay runs, and
+    closes (seals) the segments the hot path left behind."""
+
+    def __init__(
+        self,
+        spool: DiskSpool,
+        environment: dict[str, str],
+        *,
+        segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+        fsync: Fsync = "never",
+        start_relay: bool = True,
+    ) -> None:
+        #: Chooses and makes the directory, and knows the cap the relay segments count against.
+        self._spool = spool
+        self._environment = environment
+        self._segment_bytes = segment_bytes
+        self._fsync = fsync
+        self._start_relay = start_relay
+        self._lock = threading.Lock()
+        self._fd = -1
+        self._path: Path | None = None
+        self._written_bytes = 0
+        self._sequence = 0
+        self._number = 0
+        self._writer = secrets.token_hex(4)
+        #: Segments this process wrote whose records are not all known final (flush() waits for them).
+        self._segments: list[Path] = []
+        #: Descriptors taken out of use, and since when: closed (sealed) after ``_CLOSE_DELAY``.
+        self._retired: list[tuple[float, int]] = []
+        self._warned = False
+        self._last_start = -_START_INTERVAL
+        self._children: list[Any] = []
+        self.written = 0
+        self.fallbacks = 0
+        self.relays_started = 0
+        self._stop = threading.Event()
+        self._checker: threading.Thread | None = None
+
+    @property
+    def directory(self) -> Path:
+        return self._spool.directory
+
+    # --- the hot path ----------------------------------------------------------------------
+
+    def append(self, message: Queued) -> bool:
+        """Append ``message`` with one ``write(2)``; False (the caller falls back to the in-process
+        worker) when it could not be written whole."""
+        fd = self._fd
+        if fd < 0 or self._written_bytes >= self._segment_bytes:
+            fd = self._next_segment()
+            if fd < 0:
+                return self._fell_back(None)
+        frame = encode_record(message, time.time())
+        try:
+            written = os.write(fd, frame)
+        except OSError as exc:
+            return self._fell_back(exc)
+        if written != len(frame):
+            # A torn record (the disk filled): the relay skips it once the segment is sealed.
+            return self._fell_back(OSError(f"short write ({written} of {len(frame)} bytes)"))
+        if self._fsync == "always":
+            with contextlib.suppress(OSError):
+                os.fsync(fd)
+        # Not atomic across threads: a lost increment only delays a rotation, or miscounts stats.
+        self._written_bytes += written
+        self.written += 1
+        return True
+
+    def _next_segment(self) -> int:
+        """The descriptor to append to: a new segment when there is none or it is full; -1 when
+        none can be made (the directory unwritable, or the spool's cap reached)."""
+        with self._lock:
+            if self._fd >= 0 and self._written_bytes < self._segment_bytes:
+                return self._fd  # another thread made it meanwhile
+            self._retire()
+            try:
+                directory = self._spool.make_directory()
+                if self._spool.max_bytes - measure(directory) < self._segment_bytes:
+                    return -1
+                self._number += 1
+                fd, path, self._sequence = open_segment(
+                    directory, self._sequence, self._writer, self._number, fcntl.LOCK_SH
+                )
+            except OSError:
+                return -1
+            self._segments.append(path)
+            self._fd, self._path, self._written_bytes = fd, path, 0
+        self._ensure_checker()
+        return fd
+
+    def _retire(self) -> None:
+        """Stop appending to the current segment; it is sealed (closed) by the checker later,
+        since a caller's thread may have read its descriptor and not written yet."""
+        if self._fd >= 0:
+            self._retired.append((time.monotonic(), self._fd))
+            self._fd, self._path = -1, None
+
+    def _fell_back(self, error: OSError | None) -> bool:
+        self.fallbacks += 1
+        if error is not None:
+            with self._lock:
+                self._retire()  # a failed write may have left a torn record: start afresh
+        if not self._warned:
+            self._warned = True
+            logger.warning(
+                "relay mode cannot write to %s (%s): messages go to the in-process worker until it can",
+                self.directory,
+                error or "the directory is full (max_spool_bytes) or cannot be made",
+            )
+        return False
+
+    # --- the checker thread ------------------------------------------------------------------
+
+    def _ensure_checker(self) -> None:
+        if self._checker is None and not self._stop.is_set():
+            self._checker = threading.Thread(
+                target=self._check_forever, name="flameup-relay-check", daemon=True
+            )
+            self._checker.start()
+
+    def _check_forever(self) -> None:
+        while not self._stop.wait(CHECK_INTERVAL):
+            try:
+                self.check()
+            except Exception:
+                logger.exception("the relay check failed; it carries on")
+
+    def check(self) -> None:
+        """Seal retired segments, move off a segment whose directory was removed, sync
+        (``fsync="interval"``), and start a relay if none runs while this process has records."""
+        now = time.monotonic()
+        with self._lock:
+            due = [fd for since, fd in self._retired if now - since >= _CLOSE_DELAY]
+            self._retired = [(since, fd) for since, fd in self._retired if now - since < _CLOSE_DELAY]
+            if self._fd >= 0 and self._path is not None and not reachable(self._fd, self._path):
+                self._retire()
+            current = self._fd
+        for fd in due:
+            _seal(fd)
+        if current >= 0 and self._fsync == "interval":
+            with contextlib.suppress(OSError):
+                os.fsync(current)
+        self._children = [child for child in self._children if child.poll() is None]
+        due = self._start_relay and self._segments and now - self._last_start >= _START_INTERVAL
+        if due and relay_pid(self.directory) is None:
+            self._last_start = now
+            self._launch()
+
+    def _launch(self) -> None:
+        """Start a relay for the directory, detached (its own session), logging to relay.log."""
+        import subprocess  # here: only a process in relay mode ever needs it
+
+        package_root = str(Path(__file__).resolve().parent.parent)
+        environment = dict(os.environ, **self._environment)
+        environment["PYTHONPATH"] = os.pathsep.join(
+            [package_root, *filter(None, [environment.get("PYTHONPATH")])]
+        )
+        command = [sys.executable, "-m", "flameup_analytics", "relay", "--dir", str(self.directory)]
+        command += ["--exit-when-idle", str(AUTO_RELAY_IDLE_EXIT)]
+        try:
+            with open(self.directory / LOG_NAME, "ab") as log:
+                child = subprocess.Popen(
+                    command,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=log,
+                    env=environment,
+                    start_new_session=True,
+                    close_fds=True,
+                )
+        except OSError as exc:
+            logger.warning("cannot start a relay for %s (%s); retrying", self.directory, exc)
+            return
+        self._children.append(child)
+        self.relays_started += 1
+        logger.info("started a relay (pid %d) for %s", child.pid, self.directory)
+
+    # --- flush, stats, close -----------------------------------------------------------------
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until the relay's acks cover every record this process wrote before the call
+        (delivered or rejected by the API); False at the deadline."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            current, current_path = self._fd, self._path
+            segments = list(self._segments)
+        targets: dict[Path, int] = {}
+        for path in segments:
+            try:
+                size = os.fstat(current).st_size if path == current_path else path.stat().st_size
+            except OSError:
+                continue  # deleted: every record in it is final
+            targets[path] = size
+        wait = 0.002
+        while True:
+            targets = {path: size for path, size in targets.items() if not _final_up_to(path, size)}
+            if not targets:
+                self._forget_final(segments)
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            time.sleep(min(wait, left))
+            wait = min(wait * 2, 0.05)
+
+    def _forget_final(self, checked: list[Path]) -> None:
+        """Drop the sealed segments that are gone (every record final) from those flush() looks at."""
+        with self._lock:
+            self._segments = [p for p in self._segments if p == self._path or p not in checked or p.exists()]
+
+    def stats(self) -> RelayStats:
+        return RelayStats(self.written, self.fallbacks, self.relays_started, read_status(self.directory))
+
+    def close(self) -> None:
+        """Seal every segment now (the relay delivers them; this process does not wait)."""
+        self._stop.set()
+        with self._lock:
+            self._retire()
+            retired, self._retired = self._retired, []
+        for _, fd in retired:
+            _seal(fd, durable=self._fsync != "never")
+
+    def after_fork_in_child(self) -> None:
+        """The child writes its own segments: forget the parent's without touching them (its
+        copies of the descriptors are closed; the parent's locks hold through its own)."""
+        self._lock = threading.Lock()
+        for fd in [*(fd for _, fd in self._retired), *([self._fd] if self._fd >= 0 else [])]:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._fd, self._path, self._retired, self._segments = -1, None, [], []
+        self._writer, self._number = secrets.token_hex(4), 0
+        self._children = []
+        self.written = self.fallbacks = self.relays_started = 0
+        self._stop = threading.Event()
+        self._checker = None
+
+
+# --- what anyone may ask about a directory's relay -------------------------------------------------
+
+
+def relay_pid(directory: Path) -> int | None:
+    """The pid of the relay that holds ``directory``'s election lock, or None if none does."""
+    try:
+        fd = os.open(directory / LOCK_NAME, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        # A shared lock for a moment: a relay being elected retries its exclusive one meanwhile.
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        with contextlib.suppress(OSError, ValueError):
+            return int(os.pread(fd, 32, 0).split()[0])
+        return 0  # held, pid not written yet
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return None
+
+
+def read_status(directory: Path) -> dict[str, Any] | None:
+    """The relay's last status (``relay.json``), or None when there is none or it is unreadable."""
+    try:
+        with open(directory / STATUS_NAME, "rb") as file:
+            status = json.loads(file.read())
+    except (OSError, ValueError):
+        return None
+    return status if isinstance(status, dict) else None
+
+
+def _final_up_to(path: Path, size: int) -> bool:
+    """Whether every record of ``path`` before offset ``size`` is final: acked that far, or gone."""
+    try:
+        with open(ack_path(path), "rb") as file:
+            ack = decode_ack(file.read(64))
+    except FileNotFoundError:
+        return not path.exists() or size == 0
+    except OSError:
+        return False
+    # A finished segment is deleted before its ack: an old ack next to no segment is final too.
+    return (ack is not None and ack >= size) or not path.exists()
+
+
+def _seal(fd: int, *, durable: bool = False) -> None:
+    with contextlib.suppress(OSError):
+        if durable:
+            os.fsync(fd)
+        os.close(fd)

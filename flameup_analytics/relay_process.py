@@ -1,0 +1,341 @@
+"""The relay: one process per spool directory that delivers what relay-mode clients append there.
+
+It runs the in-process pipeline unchanged: a :class:`Worker` (lanes, adaptive limit, retries,
+accounting, acks) whose spool is a :class:`RelaySpool`, which claims sealed segments as any replay
+does and also reads, under a shared lock, the segments their writers still append to. The
+:class:`Relay` loop asks the worker for a replay pass whenever the directory changed (and every
+``rescan_interval``, so a writer's death is noticed), backs off while the API fails, writes its
+status file every second and drains on SIGTERM. Behaviour and guarantees: docs/relay.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from ._spool_format import SEGMENT_SUFFIX, Record, appended
+from .client import Client
+from .connections import carrier_for
+from .errors import FlameupError
+from .ledger import Ledger
+from .message import Message
+from .queue import MessageQueue
+from .relay import LOCK_NAME, STATUS_NAME
+from .spool import DiskSpool, NoSpool, SegmentReader, WarningThrottle, read_ack, replace_file
+from .worker import Worker
+
+logger = logging.getLogger("flameup_analytics")
+
+#: How long a starting relay tries to win the election (a client's probe holds the lock briefly).
+_ELECTION_PATIENCE = 0.5
+STATUS_INTERVAL = 1.0
+
+
+class LiveSegmentReader(SegmentReader):
+    """A segment whose writer still appends, read under a shared lock up to its last intact
+    record. It is never deleted from here: once its records are final it is acked to their end,
+    and deleted after its writer sealed it, by the ordinary (exclusive) claim."""
+
+    def __init__(
+        self, path: Path, fd: int, records: list[Record], corrupt: int, cursors: dict[str, int]
+    ) -> None:
+        # size 0: a live segment's bytes stay in the directory; nothing to forget.
+        super().__init__(path, fd, records, corrupt, 0)
+        self._cursors = cursors
+
+    def ack(self, end: int) -> bool:
+        written = super().ack(end)
+        if written:
+            self._cursors[self.path.name] = end
+        return written
+
+    def delete(self) -> bool:
+        """Every record read is final: ack up to the last of them, keep the segment."""
+        try:
+            return self.ack(self.records[-1].end) if self.records else True
+        finally:
+            self.release()
+
+
+class RelaySpool(DiskSpool):
+    """The relay's view of a spool directory: sealed segments first claimed as by any replay
+    (exclusively, then deleted once final), and those still being appended to, read live."""
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory)
+        #: Per live segment, the ack this relay wrote last: its next read starts there.
+        self._cursors: dict[str, int] = {}
+
+    def claim(self) -> Iterator[SegmentReader]:
+        for path in self.segments():
+            reader = SegmentReader.open(path, self.warnings)
+            if reader is None:
+                reader = self._open_live(path)
+            else:
+                self._cursors.pop(path.name, None)
+            if reader is not None:
+                self.count_corrupt(reader)
+                yield reader
+
+    def _open_live(self, path: Path) -> LiveSegmentReader | None:
+        """The segment's new records, when its writer holds it shared; None when nothing new, or
+        when someone holds it exclusively (a writer that spills, or another replayer)."""
+        cursor = self._cursors.get(path.name)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            size = os.fstat(fd).st_size
+            if size == cursor:
+                raise BlockingIOError  # nothing new since the last ack
+            with os.fdopen(os.dup(fd), "rb") as file:
+                data = file.read()
+            if cursor is None:
+                records, corrupt = appended(data, read_ack(path))
+            else:
+                records, corrupt = appended(data, cursor, trusted=True)
+        except OSError:
+            os.close(fd)
+            return None
+        if not records:
+            os.close(fd)
+            return None
+        return LiveSegmentReader(path, fd, records, corrupt, self._cursors)
+
+
+class Relay:
+    """The service loop around a :class:`Worker` for one directory (see the module docstring).
+
+    ``run`` returns when ``stop()`` is called (then it drains for at most ``drain_timeout``), or
+    after ``exit_when_idle`` seconds with no segment left in the directory (every record final,
+    and no writer)."""
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        api_key: str | None = None,
+        workspace_id: str | None = None,
+        host: str | None = None,
+        max_concurrency: int = 128,
+        timeout: float = 10.0,
+        poll_interval: float = 0.02,
+        rescan_interval: float = 1.0,
+        exit_when_idle: float | None = None,
+        drain_timeout: float = 10.0,
+    ) -> None:
+        self.directory = Path(directory)
+        # A client without a spool checks the options and builds the requests exactly as a
+        # tracking process does; its own queue and worker are never used.
+        self._client = Client(
+            api_key,
+            workspace_id,
+            host=host,
+            max_concurrency=max_concurrency,
+            timeout=timeout,
+            spool_dir=False,
+        )
+        self._spool = RelaySpool(self.directory)
+        self._ledger = Ledger(NoSpool(), self._on_error)
+        self._queue = MessageQueue(1, 1)
+        self._worker = Worker(
+            self._queue,
+            self._ledger,
+            carrier_for(self._client._transport, self._queue.wakeup, max_concurrency),
+            self._client._templates,
+            retry=self._client.retry,
+            timeout=self._client.timeout,
+            batch_size=100,
+            flush_interval=0.05,
+            max_concurrency=max_concurrency,
+            spool=self._spool,
+            # Passes are asked for by the loop; the worker's own schedule is the backoff's cap.
+            replay_interval=30.0,
+        )
+        self._poll_interval = poll_interval
+        self._rescan_interval = rescan_interval
+        self._exit_when_idle = exit_when_idle
+        self._drain_timeout = drain_timeout
+        self._stopping = threading.Event()
+        self._started = time.time()
+        self._state = "starting"
+        self._last_error: tuple[float, str] | None = None
+        self._rate = 0.0
+        self._status_mark = (time.monotonic(), 0)
+        self._lock_fd = -1
+        self.warnings = WarningThrottle()
+
+    def _on_error(self, error: FlameupError, messages: list[Message]) -> None:
+        self._last_error = (time.time(), str(error))
+
+    def stop(self) -> None:
+        """Drain and end ``run`` (from a signal handler or any thread)."""
+        self._stopping.set()
+        self._worker.stop()
+
+    # --- the loop ------------------------------------------------------------------------------
+
+    def run(self) -> bool:
+        """Serve until stopped or idle; False when another relay already serves the directory."""
+        if not self._elect():
+            return False
+        logger.info("relay %d delivers from %s", os.getpid(), self.directory)
+        self._worker.start()
+        self._state = "running"
+        reporter = threading.Thread(target=self._report_forever, name="flameup-relay-status", daemon=True)
+        reporter.start()
+        try:
+            self._serve()
+        finally:
+            self._drain()
+            reporter.join(STATUS_INTERVAL * 2)
+            self._write_status()
+            os.close(self._lock_fd)
+        return True
+
+    def _serve(self) -> None:
+        waits = self._client.retry.waits()
+        seen: object = None
+        next_pass = 0.0
+        idle_since = time.monotonic()
+        while not self._stopping.is_set():
+            now = time.monotonic()
+            signature = _signature(self.directory)
+            if now >= next_pass or signature != seen:
+                drained = self._worker.replay_spool(timeout=3600.0)
+                if self._stopping.is_set():
+                    return
+                if drained:
+                    seen, waits = signature, self._client.retry.waits()
+                    next_pass = time.monotonic() + self._rescan_interval
+                else:
+                    # The API fails: the same backoff as a message's retries, never a storm.
+                    seen, next_pass = signature, time.monotonic() + next(waits)
+            if signature:
+                idle_since = now
+            elif self._exit_when_idle is not None and now - idle_since >= self._exit_when_idle:
+                logger.info("relay %d: nothing left to deliver and no writer; exiting", os.getpid())
+                return
+            self._stopping.wait(self._poll_interval)
+
+    def _drain(self) -> None:
+        self._state = "draining"
+        self._worker.stop()
+        if not self._worker.join(self._drain_timeout):
+            # What is in flight stays in its segment, acked up to the last final record.
+            self._worker.take_unsettled()
+            self._worker.join(1.0)
+        self._state = "stopped"
+
+    def _elect(self) -> bool:
+        """Take the directory's relay lock and write our pid in it; False when another relay holds it."""
+        self._spool.make_directory()
+        fd = os.open(self.directory / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        deadline = time.monotonic() + _ELECTION_PATIENCE
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    return False
+                time.sleep(0.01)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+        return True
+
+    # --- status ----------------------------------------------------------------------------------
+
+    def _report_forever(self) -> None:
+        while self._state != "stopped" and not self._worker.abort.is_set():
+            self._write_status()
+            if self._stopping.wait(STATUS_INTERVAL):
+                return
+
+    def _write_status(self) -> None:
+        try:
+            content = json.dumps(self.status(), indent=1).encode()
+            replace_file(self.directory / STATUS_NAME, content)
+        except Exception as exc:  # never let the report stop the relay
+            self.warnings.warn("status", "cannot write the relay's status in %s (%s)", self.directory, exc)
+
+    def status(self) -> dict[str, Any]:
+        """What ``relay.json`` holds: who, the counters, the backlog, the rate, the last error."""
+        stats = self._ledger.snapshot(
+            queued=self._worker.unsettled_count(),
+            enqueued=0,
+            corrupt=self._spool.corrupt,
+            concurrency=self._worker.concurrency_limit,
+        )
+        now = time.monotonic()
+        since, delivered = self._status_mark
+        if now - since >= STATUS_INTERVAL / 2:
+            self._rate = (stats.delivered - delivered) / (now - since)
+            self._status_mark = (now, stats.delivered)
+        error_at, error = self._last_error or (None, None)
+        return {
+            "pid": os.getpid(),
+            "directory": str(self.directory),
+            "state": self._state,
+            "started": self._started,
+            "updated": time.time(),
+            "delivered": stats.delivered,
+            "rejected": stats.rejected,
+            "retried": stats.retried,
+            "read": stats.replayed,
+            "in_flight": stats.queued,
+            "internal_errors": stats.internal_errors,
+            "corrupt": stats.corrupt,
+            "concurrency": stats.concurrency,
+            "delivery_rate": round(self._rate, 1),
+            "backlog": backlog(self.directory),
+            "last_error": error,
+            "last_error_at": error_at,
+        }
+
+
+def backlog(directory: Path) -> dict[str, Any]:
+    """What waits in ``directory``: segments, records and bytes not yet final, and when the oldest
+    of them was written. Reads each segment from its ack on (nothing is locked)."""
+    segments = records = size = 0
+    oldest: float | None = None
+    for path in DiskSpool(directory).segments():
+        try:
+            with open(path, "rb") as file:
+                data = file.read()
+        except OSError:
+            continue
+        ack = read_ack(path)
+        waiting, _ = appended(data, ack)
+        segments += 1
+        if waiting:
+            records += len(waiting)
+            size += len(data) - (ack if ack is not None and ack <= len(data) else 0)
+            created = waiting[0].created
+            oldest = created if oldest is None else min(oldest, created)
+    return {"segments": segments, "records": records, "bytes": size, "oldest": oldest}
+
+
+def _signature(directory: Path) -> tuple[tuple[str, int], ...]:
+    """The segments of ``directory`` and their sizes: what changes when anything is written."""
+    try:
+        entries = [entry for entry in os.scandir(directory) if entry.name.endswith(SEGMENT_SUFFIX)]
+    except OSError:
+        return ()
+    sizes = []
+    for entry in entries:
+        with contextlib.suppress(OSError):
+            sizes.append((entry.name, entry.stat().st_size))
+    return tuple(sorted(sizes))
