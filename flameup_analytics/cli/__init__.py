@@ -1,7 +1,7 @@
 """The ``flameup-analytics`` command line (also ``python -m flameup_analytics``).
 
 One module per command group (:mod:`._spool`, :mod:`._send`, :mod:`._check`,
-:mod:`._devserver`, :mod:`._relay`), each adding its parser and running its commands; :mod:`._common` holds
+:mod:`._import`, :mod:`._devserver`, :mod:`._relay`), each adding its parser and running its commands; :mod:`._common` holds
 what they share. Exit codes: 0 success, 1 the command ran but did not fully succeed (messages
 left, refused, a check failed), 2 bad usage or configuration; ``check`` adds 3 (passed with
 warnings).
@@ -18,6 +18,7 @@ from ..errors import ConfigurationError
 from ._check import add_parser as add_check
 from ._common import EXIT_USAGE, UsageError, configuration_message, usage
 from ._devserver import add_parser as add_devserver
+from ._import import add_parser as add_import
 from ._relay import add_parser as add_relay
 from ._send import add_parser as add_send
 from ._spool import add_parser as add_spool
@@ -52,6 +53,6 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
-    for add in (add_spool, add_send, add_check, add_devserver, add_relay):
+    for add in (add_spool, add_send, add_check, add_import, add_devserver, add_relay):
         add(commands)
     return parser
