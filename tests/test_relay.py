@@ -1,0 +1,366 @@
+"""Relay mode: the client's segments, the relay delivering from a directory, and real processes killed."""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import flameup_analytics as fa
+from flameup_analytics._spool_format import appended, encode_record
+from flameup_analytics.cli import main
+from flameup_analytics.message import STANDARD, Message, track_body
+from flameup_analytics.relay import RelayWriter, read_status, relay_pid
+from flameup_analytics.relay_process import Relay
+from flameup_analytics.spool import DiskSpool
+from flameup_analytics.testing import LocalServer
+
+from .conftest import API_KEY, WORKSPACE, wait_until
+
+#: At most what one relay's death sends again: requests in flight (max_concurrency) and records
+#: final but not yet acked (the relay acks every 100).
+IN_FLIGHT_WINDOW = 128 + 100
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="relay mode needs POSIX file locks")
+
+
+def _message(number: int, user: str = "u") -> Message:
+    _, body = track_body(user, "e", {"n": number}, None, 32 * 1024, STANDARD)
+    return Message("track", user, body, f"k{number}")
+
+
+def _delivered_keys(server: LocalServer) -> collections.Counter[str]:
+    return collections.Counter(r.idempotency_key or "" for r in server.requests if 200 <= r.status < 300)
+
+
+def _writer(directory: Path) -> RelayWriter:
+    """A writer that never starts a relay of its own: the test runs the relay."""
+    return RelayWriter(DiskSpool(directory), {}, start_relay=False)
+
+
+@pytest.fixture
+def relay_in_thread(server: LocalServer, tmp_path: Path) -> Iterator[Relay]:
+    relay = Relay(
+        tmp_path / "spool", api_key=API_KEY, workspace_id=WORKSPACE, host=server.url, rescan_interval=0.1
+    )
+    thread = threading.Thread(target=relay.run, daemon=True)
+    thread.start()
+    assert wait_until(lambda: relay_pid(relay.directory) is not None)
+    yield relay
+    relay.stop()
+    thread.join(15)
+    assert not thread.is_alive()
+
+
+# --- the record format: a segment still being written ---------------------------------------------
+
+
+def test_an_incomplete_last_record_is_not_damage_while_its_writer_may_still_write_it() -> None:
+    whole = encode_record(_message(1), 0.0) + encode_record(_message(2), 0.0)
+    torn = whole + encode_record(_message(3), 0.0)[:-5]
+    records, damaged = appended(torn, 0)
+    assert [r.message.key for r in records] == ["k1", "k2"] and damaged == 0
+    records, damaged = appended(torn + b"\0" * 3 + encode_record(_message(4), 0.0), 0)
+    assert [r.message.key for r in records] == ["k1", "k2", "k4"] and damaged == 1
+
+
+def test_a_trusted_ack_is_read_from_without_checking_the_segment_before_it() -> None:
+    first = encode_record(_message(1), 0.0)
+    data = b"garbage!" + first + encode_record(_message(2), 0.0)
+    records, damaged = appended(data, len(b"garbage!") + len(first), trusted=True)
+    assert [r.message.key for r in records] == ["k2"] and damaged == 0
+
+
+# --- the relay and a live writer ---------------------------------------------------------------------
+
+
+def test_the_relay_delivers_while_the_writer_appends_and_deletes_the_segment_once_sealed(
+    server: LocalServer, relay_in_thread: Relay
+) -> None:
+    writer = _writer(relay_in_thread.directory)
+    for number in range(50):
+        assert writer.append(_message(number, f"user{number % 5}"))
+    assert writer.flush(timeout=20)
+    assert set(_delivered_keys(server)) == {f"k{n}" for n in range(50)}
+    segments = DiskSpool(relay_in_thread.directory).segments()
+    assert len(segments) == 1, "a segment its writer still holds is kept"
+    for number in range(50, 80):
+        writer.append(_message(number))
+    assert writer.flush(timeout=20)
+    assert set(_delivered_keys(server)) == {f"k{n}" for n in range(80)}
+    writer.close()
+    assert wait_until(lambda: not DiskSpool(relay_in_thread.directory).segments(), 10)
+    assert max(_delivered_keys(server).values()) == 1
+
+
+def test_a_second_relay_for_the_same_directory_stands_down(
+    relay_in_thread: Relay, server: LocalServer
+) -> None:
+    second = Relay(relay_in_thread.directory, api_key=API_KEY, workspace_id=WORKSPACE, host=server.url)
+    assert second.run() is False
+
+
+def test_the_relay_reports_its_status_and_the_command_line_shows_it(
+    server: LocalServer, relay_in_thread: Relay, capsys: pytest.CaptureFixture[str]
+) -> None:
+    writer = _writer(relay_in_thread.directory)
+    for number in range(20):
+        writer.append(_message(number))
+    assert writer.flush(timeout=20)
+    assert wait_until(lambda: (read_status(relay_in_thread.directory) or {}).get("delivered") == 20)
+    status = writer.stats().relay
+    assert status is not None and status["pid"] == os.getpid() and status["backlog"]["records"] == 0
+    assert main(["relay", "status", "--dir", str(relay_in_thread.directory)]) == 0
+    shown = capsys.readouterr().out
+    assert f"running, pid {os.getpid()}" in shown and "backlog        0 record(s)" in shown
+
+
+def test_relay_status_without_a_relay_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["relay", "status", "--dir", str(tmp_path)]) == 1
+    assert "not running" in capsys.readouterr().out
+
+
+def test_an_idle_relay_exits_once_nothing_is_left_and_no_writer_remains(
+    server: LocalServer, tmp_path: Path
+) -> None:
+    directory = tmp_path / "spool"
+    writer = _writer(directory)
+    writer.append(_message(1))
+    writer.close()
+    relay = Relay(directory, api_key=API_KEY, workspace_id=WORKSPACE, host=server.url, exit_when_idle=0.2)
+    assert relay.run() is True  # returns by itself
+    assert set(_delivered_keys(server)) == {"k1"} and not DiskSpool(directory).segments()
+    assert read_status(directory)["state"] == "stopped"  # type: ignore[index]
+
+
+# --- the client in relay mode ---------------------------------------------------------------------------
+
+
+def test_a_client_in_relay_mode_starts_a_detached_relay_and_flush_waits_for_its_acks(
+    server: LocalServer, tmp_path: Path
+) -> None:
+    directory = tmp_path / "spool"
+    client = fa.Client(API_KEY, WORKSPACE, host=server.url, spool_dir=directory, delivery="relay")
+    try:
+        for number in range(100):
+            client.track(f"user{number % 7}", "e", {"n": number}, idempotency_key=f"c{number}")
+        client.identify("user1", {"plan": "pro"})
+        assert client.flush(timeout=30)
+        delivered = _delivered_keys(server)
+        assert {f"c{n}" for n in range(100)} <= set(delivered) and len(delivered) == 101
+        stats = client.relay.stats()  # type: ignore[union-attr]
+        assert stats.written == 101 and stats.fallbacks == 0 and stats.relays_started == 1
+        pid = relay_pid(directory)
+        assert pid is not None and pid != os.getpid()
+    finally:
+        client.shutdown()
+    # The relay outlives the client; it drains and exits on SIGTERM.
+    os.kill(pid, signal.SIGTERM)
+    assert wait_until(lambda: relay_pid(directory) is None, 15)
+    assert read_status(directory)["state"] == "stopped"  # type: ignore[index]
+
+
+def test_a_killed_relay_is_replaced_by_the_next_check_of_a_client(
+    server: LocalServer, tmp_path: Path
+) -> None:
+    directory = tmp_path / "spool"
+    client = fa.Client(API_KEY, WORKSPACE, host=server.url, spool_dir=directory, delivery="relay")
+    try:
+        client.track("u", "e", idempotency_key="before")
+        assert client.flush(timeout=30)
+        first = relay_pid(directory)
+        assert first
+        os.kill(first, signal.SIGKILL)
+        assert wait_until(lambda: relay_pid(directory) not in (None, first), 15)
+        client.track("u", "e", idempotency_key="after")
+        assert client.flush(timeout=30)
+        assert {"before", "after"} <= set(_delivered_keys(server))
+    finally:
+        client.shutdown()
+        pid = relay_pid(directory)
+        if pid:
+            os.kill(pid, signal.SIGTERM)
+            wait_until(lambda: relay_pid(directory) is None, 15)
+
+
+def test_an_unwritable_directory_falls_back_to_the_in_process_worker_and_says_so_once(
+    server: LocalServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    client = fa.Client(
+        API_KEY,
+        WORKSPACE,
+        host=server.url,
+        spool_dir=blocker / "spool",
+        delivery="relay",
+        flush_interval=0.05,
+    )
+    try:
+        with caplog.at_level(logging.WARNING, logger="flameup_analytics"):
+            for number in range(5):
+                client.track("u", "e", idempotency_key=f"f{number}")
+            assert client.flush(timeout=10)
+        assert set(_delivered_keys(server)) == {f"f{n}" for n in range(5)}
+        assert client.relay.stats().fallbacks == 5  # type: ignore[union-attr]
+        assert sum("relay mode cannot write" in r.getMessage() for r in caplog.records) == 1
+    finally:
+        client.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("options", "option"),
+    [
+        ({"delivery": "sidecar"}, "delivery"),
+        ({"delivery": "relay", "sync_mode": True}, "delivery"),
+        ({"delivery": "relay", "spool_dir": False}, "spool_dir"),
+    ],
+)
+def test_unusable_relay_options_are_refused_naming_the_option(
+    options: dict[str, object], option: str
+) -> None:
+    with pytest.raises(fa.ConfigurationError) as raised:
+        fa.Client(API_KEY, WORKSPACE, **options)  # type: ignore[arg-type]
+    assert raised.value.option == option
+
+
+# --- real processes, killed -----------------------------------------------------------------------------
+
+_HOST = textwrap.dedent(
+    """
+    import os, sys, time
+    import flameup_analytics as fa
+    directory, host, prefix, threads = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    client = fa.Client({api_key!r}, {workspace!r}, host=host, spool_dir=directory, delivery="relay")
+    count = int(sys.argv[5])
+    pause = float(sys.argv[6])
+
+    def track(thread):
+        for number in range(count):
+            key = f"{{prefix}}-{{thread}}-{{number}}"
+            client.track(f"user{{number % 13}}", "e", {{"n": number}}, idempotency_key=key)
+            os.write(1, key.encode() + b"\\n")  # after track() returned: it must be delivered
+            if pause:
+                time.sleep(pause)
+
+    import threading
+    workers = [threading.Thread(target=track, args=(t,)) for t in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    """
+).format(api_key=API_KEY, workspace=WORKSPACE)
+
+
+def _host(
+    directory: Path,
+    server: LocalServer,
+    prefix: str,
+    *,
+    threads: int = 1,
+    count: int = 300,
+    pause: float = 0.0,
+) -> subprocess.Popen[bytes]:
+    """A process tracking ``count`` events per thread into ``directory`` in relay mode, printing
+    each key once its track() returned."""
+    command = [
+        sys.executable,
+        "-c",
+        _HOST,
+        str(directory),
+        server.url,
+        prefix,
+        str(threads),
+        str(count),
+        str(pause),
+    ]
+    return subprocess.Popen(command, stdout=subprocess.PIPE)
+
+
+def _returned_keys(output: bytes) -> set[str]:
+    # The last line may be cut by the kill: only whole lines were returned by track() for sure.
+    return {line.decode() for line in output.split(b"\n")[:-1]}
+
+
+def test_a_host_sigkilled_at_random_moments_loses_no_event_whose_track_returned(
+    server: LocalServer, relay_in_thread: Relay
+) -> None:
+    randomness = random.Random(12)
+    returned: set[str] = set()
+    for trial in range(6):
+        host = _host(relay_in_thread.directory, server, f"t{trial}", count=400, pause=0.0005)
+        assert host.stdout is not None
+        # Kill it once it tracked a random number of events (reading its output as it goes).
+        first = host.stdout.read1(1)  # type: ignore[attr-defined]
+        threading.Event().wait(randomness.uniform(0.0, 0.3))
+        host.kill()
+        output = first + host.stdout.read()
+        host.wait()
+        returned |= _returned_keys(output)
+    assert len(returned) > 6
+    assert wait_until(lambda: returned <= set(_delivered_keys(server)), 30), returned - set(
+        _delivered_keys(server)
+    )
+    assert wait_until(lambda: not DiskSpool(relay_in_thread.directory).segments(), 15)
+
+
+def test_a_relay_sigkilled_at_random_moments_loses_nothing_and_duplicates_only_what_was_in_flight(
+    server: LocalServer, tmp_path: Path
+) -> None:
+    directory = tmp_path / "spool"
+    server.latency = 0.01  # so that requests are in flight when the relay dies
+    relay_command = [sys.executable, "-m", "flameup_analytics", "relay", "--dir", str(directory)]
+    relay_command += ["--api-key", API_KEY, "--workspace-id", WORKSPACE, "--host", server.url]
+    first = subprocess.Popen(relay_command, stderr=subprocess.DEVNULL)
+    assert wait_until(lambda: relay_pid(directory) == first.pid, 15)
+    host = _host(directory, server, "r", threads=2, count=1000, pause=0.004)
+    randomness = random.Random(7)
+    kills = 0
+    # Each relay killed is replaced by the host's client (its periodic check).
+    while host.poll() is None:
+        threading.Event().wait(randomness.uniform(0.05, 0.3))
+        pid = relay_pid(directory)
+        if pid:
+            os.kill(pid, signal.SIGKILL)
+            kills += 1
+    first.wait()
+    assert host.stdout is not None
+    returned = _returned_keys(host.stdout.read())
+    assert len(returned) == 2000 and kills >= 2
+    last = subprocess.Popen(relay_command, stderr=subprocess.DEVNULL)  # stands down if one runs
+    try:
+        assert wait_until(lambda: returned <= set(_delivered_keys(server)), 60)
+    finally:
+        pid = relay_pid(directory)
+        if pid:
+            os.kill(pid, signal.SIGTERM)
+            wait_until(lambda: relay_pid(directory) is None, 15)
+        last.wait(15)
+    # Sent again: what was in flight, or delivered but not yet acked, when a relay died.
+    duplicated = sum(count - 1 for count in _delivered_keys(server).values())
+    assert duplicated <= kills * (IN_FLIGHT_WINDOW)
+
+
+def test_several_processes_and_threads_into_one_directory_with_one_relay_lose_nothing(
+    server: LocalServer, relay_in_thread: Relay
+) -> None:
+    hosts = [_host(relay_in_thread.directory, server, f"p{p}", threads=3, count=100) for p in range(4)]
+    returned: set[str] = set()
+    for host in hosts:
+        output, _ = host.communicate(timeout=60)
+        assert host.returncode == 0
+        returned |= _returned_keys(output)
+    assert len(returned) == 4 * 3 * 100
+    assert wait_until(lambda: returned <= set(_delivered_keys(server)), 60)
+    assert relay_pid(relay_in_thread.directory) == os.getpid(), "no other relay was started"
