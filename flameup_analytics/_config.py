@@ -178,3 +178,73 @@ def default_parameters(value: Any, codec: Codec) -> Mapping[str, Any] | None:
     except ValidationError as exc:
         raise ConfigurationError(str(exc), option="default_parameters") from None
     return types.MappingProxyType(copied) if copied else None
+
+
+#: The keys of a ``proxies`` dict, as ``requests`` reads it: a scheme, ``all``, or either with a host.
+_PROXY_SCHEMES = ("http", "https", "all")
+
+
+def proxies(value: Any) -> dict[str, str | None] | None:
+    """``proxies`` in ``requests``' shape, each proxy an ``http://[user:password@]host:port`` URL
+    (``"proxy:3128"`` means ``http://``), or None for a direct connection; None when not given.
+
+    No password appears in an error message."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise ConfigurationError(
+            f"proxies must be a dict like {{'https': 'http://proxy:3128'}}, not {type(value).__name__}",
+            option="proxies",
+        )
+    checked: dict[str, str | None] = {}
+    for key, url in value.items():
+        if not isinstance(key, str) or key.partition("://")[0] not in _PROXY_SCHEMES:
+            raise ConfigurationError(
+                f"proxies keys are 'http', 'https', 'all' or 'https://host', not {key!r}", option="proxies"
+            )
+        if url is None or url == "":
+            checked[key] = None
+            continue
+        if not isinstance(url, str):
+            raise ConfigurationError(
+                f"proxies[{key!r}] must be a proxy URL or None, not {type(url).__name__}", option="proxies"
+            )
+        if "://" not in url:  # "proxy:3128" means http://, as for requests and curl
+            url = "http://" + url
+        try:
+            parts = urllib.parse.urlsplit(url)
+            parts.port  # noqa: B018 - raises for a port that is not a number or out of range
+        except ValueError:
+            parsed = False
+        else:
+            parsed = True
+        if not parsed or parts.scheme != "http" or not parts.hostname or parts.query or parts.fragment:
+            # A password holding "/" or "#" unencoded splits the URL elsewhere: not shown at all.
+            shown = redact_url(url) if parsed else "given"
+            raise ConfigurationError(
+                f"proxies[{key!r}]: cannot use the proxy {shown}: only http://[user:password@]host:port "
+                "proxies are supported (HTTPS goes through a CONNECT tunnel)",
+                option="proxies",
+            )
+        checked[key] = url
+    return checked
+
+
+def verify(value: Any) -> bool | str:
+    """True (the CA bundle of ``REQUESTS_CA_BUNDLE``, else certifi's), False, or the path of an
+    existing CA bundle (a PEM file, or a directory of hashed certificates as ``openssl rehash``
+    makes it)."""
+    if isinstance(value, bool):
+        return value
+    if not isinstance(value, (str, os.PathLike)):
+        raise ConfigurationError(
+            f"verify must be True, False or the path of a CA bundle, not {type(value).__name__}",
+            option="verify",
+        )
+    path = os.fspath(value)
+    require(
+        path.strip() != "" and os.path.exists(path),
+        f"verify: no CA bundle at {path!r} (a PEM file or a directory of certificates)",
+        "verify",
+    )
+    return path

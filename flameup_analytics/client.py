@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import platform
@@ -100,6 +101,8 @@ class Client:
     - ``json_default``: converts values the SDK has no JSON form for (like ``json.dumps``).
     - ``delivery`` (``"in_process"``): ``"relay"`` appends each message to this process's segment
       in the spool directory, for a relay process to deliver (docs/relay.md).
+    - ``proxies`` (``{"https": "http://proxy:3128"}``, replacing the environment's) and ``verify``
+      (True, False, or a CA bundle's path): the default transport's, for every call.
     - ``sync_mode``, ``disabled``, ``debug``, ``handle_signals``, ``transport``,
       ``worker_idle_timeout``, ``max_message_bytes``.
 
@@ -136,6 +139,8 @@ class Client:
         default_parameters: Mapping[str, Any] | None = None,
         json_default: Convert | None = None,
         delivery: Literal["in_process", "relay"] = "in_process",
+        proxies: Mapping[str, str | None] | None = None,
+        verify: bool | str | os.PathLike[str] = True,
     ) -> None:
         self.disabled = _config.flag("disabled", disabled)
         self.api_key = _config.api_key(api_key, self.disabled)
@@ -163,6 +168,13 @@ class Client:
         max_spool_bytes = _config.count("max_spool_bytes", max_spool_bytes, 0)
         spool_dir = _config.spool_dir(spool_dir)
         transport = _config.transport(transport)
+        if transport is not None and (proxies is not None or verify is not True):
+            option = "proxies" if proxies is not None else "verify"
+            raise ConfigurationError(
+                f"{option} configures the default transport: with transport=..., give it to your "
+                f"transport (fa.HTTPTransport({option}=...))",
+                option=option,
+            )
         handle_signals = _config.flag("handle_signals", handle_signals)
         debug = _config.flag("debug", debug)
         retry = _config.instance("retry", retry, RetryPolicy, RetryPolicy)
@@ -173,7 +185,11 @@ class Client:
             _enable_debug_logging()
 
         self._own_transport = transport is None
-        self._transport: Transport = transport or HTTPTransport(pool_size=max_concurrency)
+        #: How the default transport is made, here and again in a forked child.
+        self._make_transport = functools.partial(
+            HTTPTransport, pool_size=max_concurrency, proxies=proxies, verify=verify
+        )
+        self._transport: Transport = transport or self._make_transport()
         base = self.host + "/api/v1"
         workspace = urllib.parse.quote(self.workspace_id or "", safe="")
         self._urls = {TRACK: base + "/track", IDENTIFY: f"{base}/workspaces/{workspace}/people"}
@@ -241,7 +257,7 @@ class Client:
         """Start empty in a forked child: the parent still owns, and delivers, what it had queued.
         The parent's pooled connections are left alone (sharing a socket would mix up replies)."""
         if self._own_transport:
-            self._transport = HTTPTransport(pool_size=self.max_concurrency)
+            self._transport = self._make_transport()
         if self._spool is not None:
             self._spool.after_fork_in_child()
         if self.relay is not None:

@@ -19,6 +19,7 @@ import base64
 import http.client
 import io
 import json
+import logging
 import math
 import os
 import select
@@ -37,10 +38,13 @@ import urllib3
 import urllib3.connection
 import urllib3.exceptions
 from requests.structures import CaseInsensitiveDict
-from requests.utils import DEFAULT_CA_BUNDLE_PATH, get_environ_proxies
+from requests.utils import DEFAULT_CA_BUNDLE_PATH, get_environ_proxies, select_proxy
 
+from . import _config
 from ._redact import redact_text, redact_url
 from .errors import ConfigurationError, TransportError
+
+logger = logging.getLogger("flameup_analytics")
 
 #: The largest response body read, in bytes (1 MiB). The API's answers are a few hundred bytes;
 #: a larger one is refused as a failed attempt (``TransportError``), so a broken or hostile server
@@ -114,8 +118,18 @@ def configured_ca_bundle() -> str | None:
 
 
 def tls_context(ca_bundle: str | None = None) -> ssl.SSLContext:
-    """Verification against ``ca_bundle``, else against the bundle ``requests`` ships (certifi)."""
+    """Verification against ``ca_bundle`` (a PEM file or a directory of hashed certificates), else
+    against the bundle ``requests`` ships (certifi)."""
+    if ca_bundle and os.path.isdir(ca_bundle):
+        return ssl.create_default_context(capath=ca_bundle)
     return ssl.create_default_context(cafile=ca_bundle or DEFAULT_CA_BUNDLE_PATH)
+
+
+def _unverified_context() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
 
 
 # --- one deadline for every step of an attempt, a cap on every answer ----------------------------
@@ -233,8 +247,9 @@ def _origin(url: str) -> str:
     return "/".join(url.split("/", 3)[:3])
 
 
-def _usable_proxy(url: str) -> str | None:
-    """The environment's proxy for ``url`` (``HTTPS_PROXY``/``HTTP_PROXY``, ``NO_PROXY`` honoured).
+def _usable_proxy(url: str, proxies: Mapping[str, str | None] | None = None) -> str | None:
+    """The proxy for ``url``: from ``proxies`` (``requests``' shape, already checked) when given,
+    else from the environment (``HTTPS_PROXY``/``HTTP_PROXY``, ``NO_PROXY`` honoured).
 
     Raises :class:`ConfigurationError` for what no retry can fix: a URL that is not ``http(s)://``
     with a host, or a proxy other than ``http://host[:port]``.
@@ -246,6 +261,10 @@ def _usable_proxy(url: str) -> str | None:
             option="host",
             env="FLAMEUP_HOST",
         )
+    if proxies is not None:
+        # select_proxy only looks keys up (a None value means direct): any mapping will do.
+        chosen: str | None = select_proxy(url, cast("dict[str, str]", proxies))
+        return chosen or None
     proxy_url = get_environ_proxies(url).get(parts.scheme)
     if not proxy_url:
         return None
@@ -308,18 +327,39 @@ def _closed_by_peer(error: BaseException) -> bool:
 
 
 class _PooledTransport:
-    """What both bundled transports share: keep-alive pools, proxies from the environment like
-    ``requests`` reads them, a CA bundle from ``REQUESTS_CA_BUNDLE``, one transparent retry of a
-    connection the server had closed, one deadline per attempt, and errors mapped to
-    :class:`TransportError` with credentials masked.
+    """What both bundled transports share: keep-alive pools, proxies (``proxies=``, else the
+    environment like ``requests`` reads it), TLS verification (``verify=``, else the CA bundle of
+    ``REQUESTS_CA_BUNDLE``, else certifi's), one transparent retry of a connection the server had
+    closed, one deadline per attempt, and errors mapped to :class:`TransportError` with
+    credentials masked.
+
+    ``proxies`` takes ``requests``' shape, ``{"https": "http://proxy:3128"}`` (keys ``http``,
+    ``https``, ``all``, or any of them with ``://host``; a value of None goes direct), and when given
+    replaces the environment's proxy settings (``NO_PROXY`` included) entirely. ``verify`` is True,
+    False (no verification at all: logged as a warning), or the path of a CA bundle. Both raise
+    :class:`ConfigurationError` naming the option for an unusable value.
     """
 
     #: The exceptions of the underlying library that mean "no answer came".
     _errors: tuple[type[BaseException], ...] = (OSError,)
 
-    def __init__(self, pool_size: int) -> None:
+    def __init__(
+        self,
+        pool_size: int,
+        *,
+        proxies: Mapping[str, str | None] | None = None,
+        verify: bool | str | os.PathLike[str] = True,
+    ) -> None:
         self._pool_size = pool_size
-        self._ca_bundle = configured_ca_bundle()
+        self._explicit_proxies = _config.proxies(proxies)
+        self._verify = _config.verify(verify)
+        self._ca_bundle = self._verify if isinstance(self._verify, str) else configured_ca_bundle()
+        if self._verify is False:
+            logger.warning(
+                "verify=False: TLS certificates are NOT verified, so anyone on the network path can "
+                "read and change the SDK's requests, API key included. Use it only against a local "
+                "test server; for a private CA pass verify='/path/to/ca.pem'."
+            )
         self._proxies: dict[str, str | None] = {}
 
     def check_url(self, url: str) -> None:
@@ -336,7 +376,7 @@ class _PooledTransport:
         if origin in self._proxies:
             return self._proxies[origin]
         # A race here only reads the environment twice; an unusable proxy is never cached.
-        proxy = self._proxies[origin] = _usable_proxy(url)
+        proxy = self._proxies[origin] = _usable_proxy(url, self._explicit_proxies)
         return proxy
 
     def send(self, request: Request, timeout: float) -> Response:
@@ -457,6 +497,9 @@ class HTTPTransport(_PooledTransport):
     bounds throughput; this one spends about a third of the CPU of a prepared request through a
     ``requests`` adapter (docs/benchmarks.md). Plain ``http://`` proxies are supported (HTTPS
     through a CONNECT tunnel); TLS is verified against ``requests``' CA bundle (certifi).
+    ``proxies={"https": "http://proxy:3128"}`` (``requests``' shape) replaces the environment's
+    proxy settings; ``verify`` is True, False (no verification: a warning is logged) or the path of
+    a CA bundle; either raises :class:`ConfigurationError` naming it when unusable.
 
     ``send``'s ``timeout`` bounds the whole attempt (connect, proxy tunnel, TLS handshake, request,
     status line, headers and body); bodies over :data:`MAX_RESPONSE_BYTES` (1 MiB) are refused.
@@ -465,8 +508,14 @@ class HTTPTransport(_PooledTransport):
 
     _errors = (OSError, http.client.HTTPException)
 
-    def __init__(self, pool_size: int = 10) -> None:
-        super().__init__(pool_size)
+    def __init__(
+        self,
+        pool_size: int = 10,
+        *,
+        proxies: Mapping[str, str | None] | None = None,
+        verify: bool | str | os.PathLike[str] = True,
+    ) -> None:
+        super().__init__(pool_size, proxies=proxies, verify=verify)
         self._idle: dict[tuple[str, str, int, str], list[_Connection]] = {}
         self._routes: dict[str, _Route] = {}
         self._lock = threading.Lock()
@@ -566,7 +615,7 @@ class HTTPTransport(_PooledTransport):
 
     def _tls_context(self) -> ssl.SSLContext:
         if self._tls is None:
-            self._tls = tls_context(self._ca_bundle)
+            self._tls = _unverified_context() if self._verify is False else tls_context(self._ca_bundle)
             self._tls.sslsocket_class = _LimitedSSLSocket
         return self._tls
 
@@ -662,14 +711,21 @@ class RequestsTransport(_PooledTransport):
 
     Slower than :class:`HTTPTransport`; for code that mocks ``requests`` (``responses``) or needs
     an adapter of its own. Same guarantees: ``timeout`` bounds the whole attempt, bodies over
-    :data:`MAX_RESPONSE_BYTES` (1 MiB) are refused, plain ``http://`` proxies only.
+    :data:`MAX_RESPONSE_BYTES` (1 MiB) are refused, plain ``http://`` proxies only; ``proxies`` and
+    ``verify`` as for :class:`HTTPTransport`.
     Safe to share between threads.
     """
 
     _errors = (requests.RequestException, urllib3.exceptions.HTTPError, OSError, http.client.HTTPException)
 
-    def __init__(self, pool_size: int = 10) -> None:
-        super().__init__(pool_size)
+    def __init__(
+        self,
+        pool_size: int = 10,
+        *,
+        proxies: Mapping[str, str | None] | None = None,
+        verify: bool | str | os.PathLike[str] = True,
+    ) -> None:
+        super().__init__(pool_size, proxies=proxies, verify=verify)
         self._adapter = _Adapter(pool_connections=1, pool_maxsize=pool_size, max_retries=0)
 
     def _send_once(self, request: Request, deadline: float) -> Response:
@@ -689,7 +745,7 @@ class RequestsTransport(_PooledTransport):
             prepared,
             stream=True,
             timeout=(connect_timeout, connect_timeout),
-            verify=self._ca_bundle or True,
+            verify=False if self._verify is False else (self._ca_bundle or True),
             proxies={urllib.parse.urlsplit(request.url).scheme: proxy_url} if proxy_url else {},
         )
         try:

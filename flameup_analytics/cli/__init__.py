@@ -1,10 +1,10 @@
 """The ``flameup-analytics`` command line (also ``python -m flameup_analytics``).
 
 One module per command group (:mod:`._spool`, :mod:`._send`, :mod:`._check`,
-:mod:`._import`, :mod:`._devserver`, :mod:`._relay`), each adding its parser and running its commands; :mod:`._common` holds
-what they share. Exit codes: 0 success, 1 the command ran but did not fully succeed (messages
-left, refused, a check failed), 2 bad usage or configuration; ``check`` adds 3 (passed with
-warnings).
+:mod:`._import`, :mod:`._devserver`, :mod:`._relay`), each adding its parser and running its
+commands; :mod:`._common` holds what they share. Exit codes: 0 success, 1 the command ran but did
+not fully succeed (messages left, refused, a check failed), 2 bad usage or configuration; ``check``
+adds 3 (passed with warnings).
 """
 
 from __future__ import annotations
