@@ -37,6 +37,7 @@ from .message import (
     keys,
     require_id,
     require_key,
+    require_mapping,
     track_body,
     track_event,
     transactional_body,
@@ -284,17 +285,10 @@ class Client:
         """
         key = keys.next_number() if idempotency_key is None else require_key(idempotency_key)
         if self._shapes_track:
-            shaped = self._shape(track_event(external_id, event, parameters, timestamp))
-            if shaped is None:
+            encoded = self._track_shaped(external_id, event, parameters, timestamp)
+            if encoded is None:
                 return
-            user_id, body = track_body(
-                shaped.user_id,
-                shaped.name,
-                shaped.properties,
-                shaped.timestamp,
-                self.max_message_bytes,
-                self._codec,
-            )
+            user_id, body = encoded
         else:
             user_id, body = track_body(
                 external_id, event, parameters, timestamp, self.max_message_bytes, self._codec
@@ -312,19 +306,38 @@ class Client:
             raise _missing_workspace("identify()")
         key = keys.next_number() if idempotency_key is None else require_key(idempotency_key)
         if self._hook is not None:
-            shaped = self._shape(identify_event(user_id, traits))
+            shaped = self._run_hook(identify_event(user_id, traits))
             if shaped is None:
                 return
             user_id, traits = shaped.user_id, shaped.properties
         user_id, body = identify_body(user_id, traits, self.max_message_bytes, self._codec)
         self._enqueue((IDENTIFY, user_id, body, key))
 
-    def _shape(self, event: Event) -> Event | None:
-        """``default_parameters`` merged in, then ``before_send``: the event to encode, or None."""
-        if self.default_parameters and event.kind == TRACK:
-            event = dataclasses.replace(event, properties={**self.default_parameters, **event.properties})
+    def _track_shaped(
+        self, external_id: Any, event: Any, parameters: Any, timestamp: Any
+    ) -> tuple[str, bytes] | None:
+        """A track() with ``default_parameters`` merged in, then ``before_send`` run: its ordering
+        key and body, or None when the hook dropped it."""
+        defaults = self.default_parameters
         if self._hook is None:
-            return event
+            assert defaults  # else _shapes_track would be False
+            merged = {**defaults, **require_mapping(parameters, "parameters")}
+            return track_body(external_id, event, merged, timestamp, self.max_message_bytes, self._codec)
+        shaped = self._run_hook(track_event(external_id, event, parameters, timestamp, defaults))
+        if shaped is None:
+            return None
+        return track_body(
+            shaped.user_id,
+            shaped.name,
+            shaped.properties,
+            shaped.timestamp,
+            self.max_message_bytes,
+            self._codec,
+        )
+
+    def _run_hook(self, event: Event) -> Event | None:
+        """``before_send``: the event to encode, or None (counted as filtered)."""
+        assert self._hook is not None
         shaped = self._hook(event)
         if shaped is None and not self.disabled:
             self._ledger.count_filtered()

@@ -613,11 +613,15 @@ class Hook:
         )
 
 
-def track_event(external_id: Any, event: Any, parameters: Any, timestamp: Any) -> Event:
-    """A track() call as an :class:`Event`, its arguments checked (the body is checked in full later)."""
+def track_event(
+    external_id: Any, event: Any, parameters: Any, timestamp: Any, defaults: Mapping[str, Any] | None = None
+) -> Event:
+    """A track() call as an :class:`Event`, its arguments checked (the body is checked in full
+    later), ``defaults`` merged under its parameters."""
     if timestamp is not None and not isinstance(timestamp, dt.datetime):
         raise _not_a_datetime(timestamp)
-    properties = dict(require_mapping(parameters, "parameters"))
+    given = require_mapping(parameters, "parameters")
+    properties = {**defaults, **given} if defaults else dict(given)
     return Event(
         TRACK, require_id(external_id, "external_id"), properties, require_id(event, "event"), timestamp
     )
