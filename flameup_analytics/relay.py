@@ -193,11 +193,13 @@ class RelayWriter:
             self._checker.start()
 
     def _check_forever(self) -> None:
-        while not self._stop.wait(CHECK_INTERVAL):
+        # At once, then periodically: a relay is started as soon as the first record is written.
+        while not self._stop.is_set():
             try:
                 self.check()
             except Exception:
                 logger.exception("the relay check failed; it carries on")
+            self._stop.wait(CHECK_INTERVAL)
 
     def check(self) -> None:
         """Seal retired segments, move off a segment whose directory was removed, sync
@@ -215,10 +217,16 @@ class RelayWriter:
             with contextlib.suppress(OSError):
                 os.fsync(current)
         self._children = [child for child in self._children if child.poll() is None]
-        due = self._start_relay and self._segments and now - self._last_start >= _START_INTERVAL
-        if due and relay_pid(self.directory) is None:
+        if self._start_relay and now - self._last_start >= _START_INTERVAL and self._needs_relay():
             self._last_start = now
             self._launch()
+
+    def _needs_relay(self) -> bool:
+        """Whether a segment of this process is open or not yet delivered, and no relay runs."""
+        with self._lock:
+            self._segments = [path for path in self._segments if path == self._path or path.exists()]
+            writing = bool(self._segments)
+        return writing and relay_pid(self.directory) is None
 
     def _launch(self) -> None:
         """Start a relay for the directory, detached (its own session), logging to relay.log."""
@@ -269,18 +277,12 @@ class RelayWriter:
         while True:
             targets = {path: size for path, size in targets.items() if not _final_up_to(path, size)}
             if not targets:
-                self._forget_final(segments)
                 return True
             left = deadline - time.monotonic()
             if left <= 0:
                 return False
             time.sleep(min(wait, left))
             wait = min(wait * 2, 0.05)
-
-    def _forget_final(self, checked: list[Path]) -> None:
-        """Drop the sealed segments that are gone (every record final) from those flush() looks at."""
-        with self._lock:
-            self._segments = [p for p in self._segments if p == self._path or p not in checked or p.exists()]
 
     def stats(self) -> RelayStats:
         return RelayStats(self.written, self.fallbacks, self.relays_started, read_status(self.directory))

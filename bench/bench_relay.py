@@ -1,0 +1,162 @@
+"""Relay mode benchmarks (issue 12): track() latency and host CPU per event, and the host SIGKILL trials.
+
+    .venv/bin/python bench/bench_relay.py            # latency, CPU, 50 kill trials: about a minute
+    .venv/bin/python bench/bench_relay.py --quick    # fewer calls, 10 trials
+    .venv/bin/python bench/bench_relay.py --json     # machine-readable results on stdout
+
+The local API runs in its own process (``bench_track.ServerProcess``), the relay in its own (as
+in production, started by the client). Latency is measured as in ``bench_track.py`` (~20 us of host
+work between calls); host CPU per event is this process's CPU time (all its threads) over a run of
+calls, minus the same loop without the SDK. See docs/relay.md for the results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+from bench_track import API_KEY, WORKSPACE_ID, ServerProcess, host_work, percentiles, time_track
+
+from flameup_analytics import Client
+from flameup_analytics.relay import relay_pid
+
+TARGETS = {"p50_us": 5, "p99.9_us": 60, "cpu_us_per_event": 10}
+
+_KILLED_HOST = textwrap.dedent(
+    """
+    import os, sys
+    import flameup_analytics as fa
+    client = fa.Client({api_key!r}, {workspace!r}, host=sys.argv[2], spool_dir=sys.argv[1], delivery="relay")
+    for number in range(10**9):
+        key = f"{{sys.argv[3]}}-{{number}}"
+        client.track(f"user{{number % 100}}", "e", {{"n": number}}, idempotency_key=key)
+        os.write(1, key.encode() + b"\\n")
+    """
+).format(api_key=API_KEY, workspace=WORKSPACE_ID)
+
+
+def latency_and_cpu(url: str, directory: Path, calls: int) -> dict[str, Any]:
+    client = Client(API_KEY, WORKSPACE_ID, host=url, spool_dir=directory, delivery="relay")
+    try:
+        # Steady state: the relay (started by the first write) is up before anything is timed.
+        client.track("warmup", "e")
+        client.flush(timeout=30)
+        samples = time_track(client, calls, warmup=min(2000, calls // 5))
+        # CPU of this process (every thread) per call, minus the loop's own cost without the SDK.
+        track = client.track
+        start_cpu = time.process_time()
+        for i in range(calls):
+            track(f"user_{i % 1000}", "page_viewed", {"page": "/pricing", "plan": "pro", "amount": 19.9})
+        sdk_cpu = time.process_time() - start_cpu
+        flushed = client.flush(timeout=120)
+    finally:
+        client.shutdown()
+    pid = relay_pid(directory)
+    if pid:
+        os.kill(pid, signal.SIGTERM)
+    return {
+        "track_us": percentiles(samples),
+        "cpu_us_per_event": sdk_cpu / calls * 1e6,
+        "flushed": flushed,
+    }
+
+
+def host_work_cpu(calls: int) -> float:
+    start = time.process_time()
+    for _ in range(calls):
+        host_work()
+    return (time.process_time() - start) / calls * 1e6
+
+
+def kill_trials(url: str, directory: Path, trials: int, seed: int = 1) -> dict[str, Any]:
+    """Hosts SIGKILLed at random moments while tracking; then: was every returned track() delivered?"""
+    randomness = random.Random(seed)
+    returned: list[str] = []
+    for trial in range(trials):
+        host = subprocess.Popen(
+            [sys.executable, "-c", _KILLED_HOST, str(directory), url, f"t{trial}"], stdout=subprocess.PIPE
+        )
+        assert host.stdout is not None
+        first = host.stdout.read1(1)  # type: ignore[attr-defined]
+        time.sleep(randomness.uniform(0.0, 0.5))
+        host.kill()
+        output = first + host.stdout.read()
+        host.wait()
+        returned += [line.decode() for line in output.split(b"\n")[:-1]]
+    # A host killed before its first check started no relay: run one as a service would.
+    service = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "flameup_analytics",
+            "relay",
+            "--dir",
+            str(directory),
+            "--exit-when-idle",
+            "1",
+        ],
+        env=dict(os.environ, FLAMEUP_API_KEY=API_KEY, FLAMEUP_WORKSPACE_ID=WORKSPACE_ID, FLAMEUP_HOST=url),
+        stderr=subprocess.DEVNULL,
+    )
+    started = time.monotonic()
+    deadline = started + 300
+    while _segments(directory) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    drained_in = time.monotonic() - started
+    pid = relay_pid(directory)
+    if pid:
+        os.kill(pid, signal.SIGTERM)
+    service.wait(30)
+    return {
+        "trials": trials,
+        "drained_in_s": round(drained_in, 1),
+        "returned": len(returned),
+        "left_in_directory": _segments(directory),
+    }
+
+
+def _segments(directory: Path) -> int:
+    return sum(1 for name in os.listdir(directory) if name.endswith(".seg"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    calls, trials = (20_000, 10) if args.quick else (100_000, 50)
+    with ServerProcess() as server, tempfile.TemporaryDirectory() as scratch:
+        results: dict[str, Any] = latency_and_cpu(server.url, Path(scratch) / "latency", calls)
+        results["kills"] = kill_trials(server.url, Path(scratch) / "kills", trials)
+        report = server.stop()
+    results["server_accepted"] = report.get("accepted")
+    results["targets"] = TARGETS
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    track = results["track_us"]
+    print(
+        f"track() in relay mode: p50 {track['p50']:.1f} us, p99.9 {track['p99.9']:.1f} us, "
+        f"max {track['max']:.0f} us"
+    )
+    print(f"host CPU per event: {results['cpu_us_per_event']:.1f} us; flushed: {results['flushed']}")
+    kills = results["kills"]
+    print(
+        f"{kills['trials']} hosts SIGKILLed: {kills['returned']} track() returned; "
+        f"segments left undelivered: {kills['left_in_directory']}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
