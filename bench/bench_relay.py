@@ -45,8 +45,8 @@ _KILLED_HOST = textwrap.dedent(
 ).format(api_key=API_KEY, workspace=WORKSPACE_ID)
 
 
-def latency_and_cpu(url: str, directory: Path, calls: int) -> dict[str, Any]:
-    client = Client(API_KEY, WORKSPACE_ID, host=url, spool_dir=directory, delivery="relay")
+def latency_and_cpu(url: str, directory: Path, calls: int, delivery: str) -> dict[str, Any]:
+    client = Client(API_KEY, WORKSPACE_ID, host=url, spool_dir=directory, delivery=delivery)  # type: ignore[arg-type]
     try:
         # Steady state: the relay (started by the first write) is up before anything is timed.
         client.track("warmup", "e")
@@ -136,7 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     calls, trials = (20_000, 10) if args.quick else (100_000, 50)
     with ServerProcess() as server, tempfile.TemporaryDirectory() as scratch:
-        results: dict[str, Any] = latency_and_cpu(server.url, Path(scratch) / "latency", calls)
+        results: dict[str, Any] = latency_and_cpu(server.url, Path(scratch) / "latency", calls, "relay")
+        # The default mode, same loop and server, for comparison on this (shared) machine.
+        results["in_process"] = latency_and_cpu(server.url, Path(scratch) / "in-process", calls, "in_process")
         results["kills"] = kill_trials(server.url, Path(scratch) / "kills", trials)
         report = server.stop()
     results["server_accepted"] = report.get("accepted")
@@ -150,6 +152,12 @@ def main(argv: list[str] | None = None) -> int:
         f"max {track['max']:.0f} us"
     )
     print(f"host CPU per event: {results['cpu_us_per_event']:.1f} us; flushed: {results['flushed']}")
+    default = results["in_process"]
+    print(
+        f"in-process mode, same run: p50 {default['track_us']['p50']:.1f} us, "
+        f"p99.9 {default['track_us']['p99.9']:.1f} us, "
+        f"host CPU per event {default['cpu_us_per_event']:.1f} us"
+    )
     kills = results["kills"]
     print(
         f"{kills['trials']} hosts SIGKILLed: {kills['returned']} track() returned; "

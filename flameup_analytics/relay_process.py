@@ -37,6 +37,8 @@ logger = logging.getLogger("flameup_analytics")
 #: How long a starting relay tries to win the election (a client's probe holds the lock briefly).
 _ELECTION_PATIENCE = 0.5
 STATUS_INTERVAL = 1.0
+#: How long the loop waits for a replay pass before it looks again (the pass goes on meanwhile).
+_PASS_WAIT = 1.0
 
 
 class LiveSegmentReader(SegmentReader):
@@ -212,9 +214,13 @@ class Relay:
             now = time.monotonic()
             signature = _signature(self.directory)
             if now >= next_pass or signature != seen:
-                drained = self._worker.replay_spool(timeout=3600.0)
+                # Bounded, so a stop() that races the call never leaves the loop waiting for a
+                # pass the stopped worker will not make.
+                drained = self._worker.replay_spool(timeout=_PASS_WAIT)
                 if self._stopping.is_set():
                     return
+                if not drained and time.monotonic() - now >= _PASS_WAIT:
+                    continue  # a long pass goes on: wait for it again
                 if drained:
                     seen, waits = signature, self._client.retry.waits()
                     next_pass = time.monotonic() + self._rescan_interval
