@@ -457,9 +457,9 @@ def heaviest_imports(importtime: str, module: str, top: int = 6) -> dict[str, di
     for line in importtime.splitlines():
         if not line.startswith("import time:") or "cumulative" in line:
             continue
-        own, cumulative, name = line[len("import time:") :].split("|")
+        self_us, cumulative_us, name = line[len("import time:") :].split("|")
         entries.append(
-            (len(name) - len(name.lstrip()), name.strip(), int(own) / 1000, int(cumulative) / 1000)
+            (len(name) - len(name.lstrip()), name.strip(), int(self_us) / 1000, int(cumulative_us) / 1000)
         )
     root = next((i for i in range(len(entries) - 1, -1, -1) if entries[i][1] == module), None)
     if root is None:

@@ -26,6 +26,7 @@ import tempfile
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 EVENT = "page_viewed"
@@ -349,31 +350,37 @@ def floor(_: Any, spec: dict[str, Any]) -> dict[str, Any]:
         "Accept": "application/json",
     }
     count = spec["requests"]
+    post: Callable[[int], None]
     if spec["method"] == "http.client":
         connection = http.client.HTTPConnection(host, port, timeout=10)
+        close = connection.close
 
-        def post(i: int) -> None:
+        def post_http_client(i: int) -> None:
             connection.request("POST", "/api/v1/track", body, {**headers, "Idempotency-Key": f"floor-{i}"})
             connection.getresponse().read()
 
+        post = post_http_client
     else:
         lines = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
         prebuilt = (
             f"POST /api/v1/track HTTP/1.1\r\nHost: {url.netloc}\r\n{lines}Content-Length: {len(body)}\r\n\r\n"
         ).encode() + body
-        connection = socket.create_connection((host, port), timeout=10)
-        connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock = socket.create_connection((host, port), timeout=10)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        close = sock.close
 
-        def post(i: int) -> None:
-            connection.sendall(prebuilt)
+        def post_raw(_: int) -> None:
+            sock.sendall(prebuilt)
             answer = b""
             while True:
-                answer += connection.recv(65536)
+                answer += sock.recv(65536)
                 head_end = answer.find(b"\r\n\r\n")
                 if head_end >= 0:
                     length = int(answer.lower().split(b"content-length:", 1)[1].split(b"\r\n", 1)[0])
                     if len(answer) >= head_end + 4 + length:
                         return
+
+        post = post_raw
 
     cpu = time.process_time()
     started = time.monotonic()
@@ -381,7 +388,7 @@ def floor(_: Any, spec: dict[str, Any]) -> dict[str, Any]:
         post(i)
     ended = time.monotonic()
     cpu_s = time.process_time() - cpu
-    connection.close()
+    close()
     return {"t0": started, "t1": ended, "offered": count, "cpu_s": cpu_s}
 
 
