@@ -225,7 +225,7 @@ class RelayWriter:
         """Whether a segment of this process is open or not yet delivered, and no relay runs."""
         with self._lock:
             self._segments = [path for path in self._segments if path == self._path or path.exists()]
-            writing = bool(self._segments)
+            writing = bool(self._segments) and not self._stop.is_set()
         return writing and relay_pid(self.directory) is None
 
     def _launch(self) -> None:

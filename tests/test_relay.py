@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -46,6 +47,20 @@ def _delivered_keys(server: LocalServer) -> collections.Counter[str]:
 def _writer(directory: Path) -> RelayWriter:
     """A writer that never starts a relay of its own: the test runs the relay."""
     return RelayWriter(DiskSpool(directory), {}, start_relay=False)
+
+
+def _stop_relays(directory: Path) -> None:
+    """SIGTERM the directory's relay, and any other a client started meanwhile (one waiting to be
+    elected takes over when the first ends): done once none has held the lock for a second."""
+    deadline = time.monotonic() + 20
+    quiet_since = time.monotonic()
+    while time.monotonic() - quiet_since < 1.0 and time.monotonic() < deadline:
+        pid = relay_pid(directory)
+        if pid:
+            os.kill(pid, signal.SIGTERM)
+            wait_until(lambda stopped=pid: relay_pid(directory) != stopped, 15)  # type: ignore[misc]
+            quiet_since = time.monotonic()
+        threading.Event().wait(0.05)
 
 
 @pytest.fixture
@@ -168,6 +183,7 @@ def test_a_client_in_relay_mode_starts_a_detached_relay_and_flush_waits_for_its_
     os.kill(pid, signal.SIGTERM)
     assert wait_until(lambda: relay_pid(directory) is None, 15)
     assert read_status(directory)["state"] == "stopped"  # type: ignore[index]
+    _stop_relays(directory)
 
 
 def test_a_killed_relay_is_replaced_by_the_next_check_of_a_client(
@@ -187,10 +203,7 @@ def test_a_killed_relay_is_replaced_by_the_next_check_of_a_client(
         assert {"before", "after"} <= set(_delivered_keys(server))
     finally:
         client.shutdown()
-        pid = relay_pid(directory)
-        if pid:
-            os.kill(pid, signal.SIGTERM)
-            wait_until(lambda: relay_pid(directory) is None, 15)
+        _stop_relays(directory)
 
 
 def test_an_unwritable_directory_falls_back_to_the_in_process_worker_and_says_so_once(
@@ -342,10 +355,7 @@ def test_a_relay_sigkilled_at_random_moments_loses_nothing_and_duplicates_only_w
     try:
         assert wait_until(lambda: returned <= set(_delivered_keys(server)), 60)
     finally:
-        pid = relay_pid(directory)
-        if pid:
-            os.kill(pid, signal.SIGTERM)
-            wait_until(lambda: relay_pid(directory) is None, 15)
+        _stop_relays(directory)
         last.wait(15)
     # Sent again: what was in flight, or delivered but not yet acked, when a relay died.
     duplicated = sum(count - 1 for count in _delivered_keys(server).values())
@@ -364,3 +374,25 @@ def test_several_processes_and_threads_into_one_directory_with_one_relay_lose_no
     assert len(returned) == 4 * 3 * 100
     assert wait_until(lambda: returned <= set(_delivered_keys(server)), 60)
     assert relay_pid(relay_in_thread.directory) == os.getpid(), "no other relay was started"
+
+
+def test_a_forked_child_writes_its_own_segments_and_both_flush(server: LocalServer, tmp_path: Path) -> None:
+    directory = tmp_path / "spool"
+    client = fa.Client(API_KEY, WORKSPACE, host=server.url, spool_dir=directory, delivery="relay")
+    try:
+        client.track("u", "e", idempotency_key="parent-before")
+        child = os.fork()
+        if child == 0:  # the child: what a pre-forked gunicorn worker does
+            client.track("u", "e", idempotency_key="child")
+            os._exit(0 if client.flush(timeout=30) else 1)
+        client.track("u", "e", idempotency_key="parent-after")
+        assert os.waitpid(child, 0)[1] == 0
+        assert client.flush(timeout=30)
+        assert {"parent-before", "child", "parent-after"} <= set(_delivered_keys(server))
+        # The parent's segment (still held by it, so still there) has nothing of the child's.
+        parents = [appended(path.read_bytes(), 0)[0] for path in DiskSpool(directory).segments()]
+        keys = [{record.message.key for record in records} for records in parents]
+        assert [found for found in keys if "parent-before" in found] == [{"parent-before", "parent-after"}]
+    finally:
+        client.shutdown()
+        _stop_relays(directory)
