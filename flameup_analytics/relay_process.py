@@ -11,6 +11,7 @@ status file every second and drains on SIGTERM. Behaviour and guarantees: docs/r
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import logging
@@ -67,6 +68,44 @@ class LiveSegmentReader(SegmentReader):
             self.release()
 
 
+class LiveBatch(SegmentReader):
+    """The new records of every live segment of a pass, as one reader, so the worker sends them
+    together: one segment at a time would wait for each writer's slowest request in turn. Each
+    record keeps its place among its own segment's; its ``end`` here is its position in the batch,
+    which ``ack`` maps back to each segment's offsets."""
+
+    def __init__(self, parts: list[LiveSegmentReader]) -> None:
+        records: list[Record] = []
+        #: Per record of the batch: its segment, and its end in that segment.
+        self._owners: list[tuple[LiveSegmentReader, int]] = []
+        for part in parts:
+            for record in part.records:
+                records.append(dataclasses.replace(record, end=len(records) + 1))
+                self._owners.append((part, record.end))
+        super().__init__(parts[0].path, -1, records, 0, 0)
+        self._parts = parts
+        self._acked: dict[Path, int] = {}
+
+    def ack(self, end: int) -> bool:
+        """Every record of the batch up to position ``end`` is final: ack each segment that far."""
+        latest: dict[Path, tuple[LiveSegmentReader, int]] = {}
+        for part, offset in self._owners[:end]:
+            latest[part.path] = (part, offset)
+        written = True
+        for path, (part, offset) in latest.items():
+            if self._acked.get(path) != offset:
+                written = part.ack(offset) and written
+                self._acked[path] = offset
+        return written
+
+    def delete(self) -> bool:
+        return all([part.delete() for part in self._parts])
+
+    def release(self) -> None:
+        for part in self._parts:
+            part.release()
+
+
 class RelaySpool(DiskSpool):
     """The relay's view of a spool directory: sealed segments first claimed as by any replay
     (exclusively, then deleted once final), and those still being appended to, read live."""
@@ -77,15 +116,24 @@ class RelaySpool(DiskSpool):
         self._cursors: dict[str, int] = {}
 
     def claim(self) -> Iterator[SegmentReader]:
+        """Each sealed segment, oldest first, then the new records of every live one as one batch."""
+        live: list[LiveSegmentReader] = []
         for path in self.segments():
-            reader = SegmentReader.open(path, self.warnings)
+            reader: SegmentReader | None = SegmentReader.open(path, self.warnings)
             if reader is None:
                 reader = self._open_live(path)
+                if reader is not None:
+                    live.append(reader)
+                    reader = None
             else:
                 self._cursors.pop(path.name, None)
             if reader is not None:
                 self.count_corrupt(reader)
                 yield reader
+        for reader in live:
+            self.count_corrupt(reader)
+        if live:
+            yield LiveBatch(live)
 
     def _open_live(self, path: Path) -> LiveSegmentReader | None:
         """The segment's new records, when its writer holds it shared; None when nothing new, or

@@ -22,8 +22,8 @@ from flameup_analytics._spool_format import appended, encode_record
 from flameup_analytics.cli import main
 from flameup_analytics.message import STANDARD, Message, track_body
 from flameup_analytics.relay import RelayWriter, read_status, relay_pid
-from flameup_analytics.relay_process import Relay
-from flameup_analytics.spool import DiskSpool
+from flameup_analytics.relay_process import Relay, RelaySpool
+from flameup_analytics.spool import DiskSpool, read_ack
 from flameup_analytics.testing import LocalServer
 
 from .conftest import API_KEY, WORKSPACE, wait_until
@@ -116,6 +116,30 @@ def test_the_relay_delivers_while_the_writer_appends_and_deletes_the_segment_onc
     writer.close()
     assert wait_until(lambda: not DiskSpool(relay_in_thread.directory).segments(), 10)
     assert max(_delivered_keys(server).values()) == 1
+
+
+def test_the_live_segments_of_all_writers_are_sent_as_one_batch_and_acked_each_in_its_own_terms(
+    tmp_path: Path,
+) -> None:
+    first, second = _writer(tmp_path), _writer(tmp_path)
+    for number in range(3):
+        first.append(_message(number))
+        second.append(_message(10 + number))
+    (batch,) = RelaySpool(tmp_path).claim()
+    assert [record.message.key for record in batch.records] == ["k0", "k1", "k2", "k10", "k11", "k12"]
+    ends = {}  # each writer's segment and where its records end, by its first key
+    for path in DiskSpool(tmp_path).segments():
+        records = appended(path.read_bytes(), 0)[0]
+        ends[records[0].message.key] = (path, [record.end for record in records])
+    (mine, my_ends), (theirs, their_ends) = ends["k0"], ends["k10"]
+    batch.ack(4)  # the first writer's three records and the second's first are final
+    assert (read_ack(mine), read_ack(theirs)) == (my_ends[2], their_ends[0])
+    batch.delete()  # all final: each acked to its end, and kept (their writers still hold them)
+    assert (read_ack(mine), read_ack(theirs)) == (my_ends[2], their_ends[2])
+    assert mine.exists() and theirs.exists()
+    assert list(RelaySpool(tmp_path).claim()) == [], "nothing new to read"
+    first.close()
+    second.close()
 
 
 def test_a_second_relay_for_the_same_directory_stands_down(
