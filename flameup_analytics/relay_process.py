@@ -30,7 +30,7 @@ from .ledger import Ledger
 from .message import Message
 from .queue import MessageQueue
 from .relay import LOCK_NAME, STATUS_NAME
-from .spool import DiskSpool, NoSpool, SegmentReader, WarningThrottle, read_ack, replace_file
+from .spool import DiskSpool, NoSpool, SegmentReader, WarningThrottle, read_ack, read_locked, replace_file
 from .worker import Worker
 
 logger = logging.getLogger("flameup_analytics")
@@ -139,24 +139,17 @@ class RelaySpool(DiskSpool):
         """The segment's new records, when its writer holds it shared; None when nothing new, or
         when someone holds it exclusively (a writer that spills, or another replayer)."""
         cursor = self._cursors.get(path.name)
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
+        with contextlib.suppress(OSError):
+            if path.stat().st_size == cursor:
+                return None  # nothing new since the last ack
+        opened = read_locked(path, fcntl.LOCK_SH)
+        if opened is None:
             return None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            size = os.fstat(fd).st_size
-            if size == cursor:
-                raise BlockingIOError  # nothing new since the last ack
-            with os.fdopen(os.dup(fd), "rb") as file:
-                data = file.read()
-            if cursor is None:
-                records, corrupt = appended(data, read_ack(path))
-            else:
-                records, corrupt = appended(data, cursor, trusted=True)
-        except OSError:
-            os.close(fd)
-            return None
+        fd, data = opened
+        if cursor is None:
+            records, corrupt = appended(data, read_ack(path))
+        else:
+            records, corrupt = appended(data, cursor, trusted=True)
         if not records:
             os.close(fd)
             return None

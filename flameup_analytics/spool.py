@@ -455,21 +455,11 @@ class SegmentReader:
 
     @classmethod
     def open(cls, path: Path, warnings: WarningThrottle = _shared_warnings) -> SegmentReader | None:
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
+        opened = read_locked(path, fcntl.LOCK_EX)
+        if opened is None:
             return None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            # Another replayer may have finished and deleted it between our open and our lock.
-            if os.fstat(fd).st_ino != os.stat(path).st_ino:
-                raise FileNotFoundError(path)
-            with os.fdopen(os.dup(fd), "rb") as file:
-                data = file.read()
-            records, corrupt = unacknowledged(data, read_ack(path))
-        except OSError:
-            os.close(fd)
-            return None
+        fd, data = opened
+        records, corrupt = unacknowledged(data, read_ack(path))
         return cls(path, fd, records, corrupt, len(data), warnings)
 
     def ack(self, end: int) -> bool:
@@ -513,6 +503,26 @@ class SegmentReader:
             with contextlib.suppress(OSError):
                 os.close(self._fd)
             self._fd = -1
+
+
+def read_locked(path: Path, lock: int) -> tuple[int, bytes] | None:
+    """Open ``path``, take ``lock`` (``LOCK_EX`` or ``LOCK_SH``) on it without waiting and read it
+    all: the descriptor, which holds the lock, and the bytes. None when it is gone or locked
+    against us."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, lock | fcntl.LOCK_NB)
+        # Another replayer may have finished and deleted it between our open and our lock.
+        if os.fstat(fd).st_ino != os.stat(path).st_ino:
+            raise FileNotFoundError(path)
+        with os.fdopen(os.dup(fd), "rb") as file:
+            return fd, file.read()
+    except OSError:
+        os.close(fd)
+        return None
 
 
 def ack_path(segment: Path) -> Path:

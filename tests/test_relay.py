@@ -49,6 +49,10 @@ def _writer(directory: Path) -> RelayWriter:
     return RelayWriter(DiskSpool(directory), {}, start_relay=False)
 
 
+def _relay_client(server: LocalServer, directory: Path) -> fa.Client:
+    return fa.Client(API_KEY, WORKSPACE, host=server.url, spool_dir=directory, delivery="relay")
+
+
 def _stop_relays(directory: Path) -> None:
     """SIGTERM the directory's relay, and any other a client started meanwhile (one waiting to be
     elected takes over when the first ends): done once none has held the lock for a second."""
@@ -189,7 +193,7 @@ def test_a_client_in_relay_mode_starts_a_detached_relay_and_flush_waits_for_its_
     server: LocalServer, tmp_path: Path
 ) -> None:
     directory = tmp_path / "spool"
-    client = fa.Client(API_KEY, WORKSPACE, host=server.url, spool_dir=directory, delivery="relay")
+    client = _relay_client(server, directory)
     try:
         for number in range(100):
             client.track(f"user{number % 7}", "e", {"n": number}, idempotency_key=f"c{number}")
@@ -214,7 +218,7 @@ def test_a_killed_relay_is_replaced_by_the_next_check_of_a_client(
     server: LocalServer, tmp_path: Path
 ) -> None:
     directory = tmp_path / "spool"
-    client = fa.Client(API_KEY, WORKSPACE, host=server.url, spool_dir=directory, delivery="relay")
+    client = _relay_client(server, directory)
     try:
         client.track("u", "e", idempotency_key="before")
         assert client.flush(timeout=30)
@@ -402,7 +406,7 @@ def test_several_processes_and_threads_into_one_directory_with_one_relay_lose_no
 
 def test_a_forked_child_writes_its_own_segments_and_both_flush(server: LocalServer, tmp_path: Path) -> None:
     directory = tmp_path / "spool"
-    client = fa.Client(API_KEY, WORKSPACE, host=server.url, spool_dir=directory, delivery="relay")
+    client = _relay_client(server, directory)
     try:
         client.track("u", "e", idempotency_key="parent-before")
         child = os.fork()
