@@ -19,6 +19,7 @@ started by a client logs).
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -50,6 +51,8 @@ CHECK_INTERVAL = 0.5
 AUTO_RELAY_IDLE_EXIT = 60.0
 #: A descriptor the hot path may still be about to write to is closed only after this long.
 _CLOSE_DELAY = 1.0
+#: After the directory refused a segment or a write, relay mode is tried again after this long.
+_RETRY_INTERVAL = 1.0
 #: Not more than one relay started per this long by one process (a relay takes time to elect itself).
 _START_INTERVAL = 2.0
 
@@ -94,6 +97,13 @@ class RelayWriter:
         self._fd = -1
         self._path: Path | None = None
         self._written_bytes = 0
+        #: What the open segment may hold: ``segment_bytes``, or less when the spool's cap is near.
+        self._limit = 0
+        #: No new segment is tried before this (monotonic) after one could not be made: a full or
+        #: unwritable directory must not cost every track() a directory listing.
+        self._retry_at = 0.0
+        #: Why the directory last refused a new segment.
+        self._refusal: OSError | None = None
         self._sequence = 0
         self._number = 0
         self._writer = secrets.token_hex(4)
@@ -120,7 +130,7 @@ class RelayWriter:
         """Append ``message`` with one ``write(2)``; False (the caller falls back to the in-process
         worker) when it could not be written whole."""
         fd = self._fd
-        if fd < 0 or self._written_bytes >= self._segment_bytes:
+        if fd < 0 or self._written_bytes >= self._limit:
             fd = self._next_segment()
             if fd < 0:
                 return self._fell_back(None)
@@ -142,23 +152,32 @@ class RelayWriter:
 
     def _next_segment(self) -> int:
         """The descriptor to append to: a new segment when there is none or it is full; -1 when
-        none can be made (the directory unwritable, or the spool's cap reached)."""
+        none can be made (the directory unwritable, or the spool's cap reached: then not tried
+        again for ``_RETRY_INTERVAL``)."""
         with self._lock:
-            if self._fd >= 0 and self._written_bytes < self._segment_bytes:
+            if self._fd >= 0 and self._written_bytes < self._limit:
                 return self._fd  # another thread made it meanwhile
             self._retire()
+            if time.monotonic() < self._retry_at:
+                return -1
             try:
                 directory = self._spool.make_directory()
-                if self._spool.max_bytes - measure(directory) < self._segment_bytes:
-                    return -1
+                room = self._spool.max_bytes - measure(directory)
+                if room <= 0:
+                    raise OSError(
+                        errno.ENOSPC, f"the spool is full (max_spool_bytes={self._spool.max_bytes})"
+                    )
                 self._number += 1
                 fd, path, self._sequence = open_segment(
                     directory, self._sequence, self._writer, self._number, fcntl.LOCK_SH
                 )
-            except OSError:
+            except OSError as exc:
+                self._refusal = exc
+                self._retry_at = time.monotonic() + _RETRY_INTERVAL
                 return -1
             self._segments.append(path)
             self._fd, self._path, self._written_bytes = fd, path, 0
+            self._limit = min(self._segment_bytes, room)
         self._ensure_checker()
         return fd
 
@@ -174,12 +193,13 @@ class RelayWriter:
         if error is not None:
             with self._lock:
                 self._retire()  # a failed write may have left a torn record: start afresh
+                self._retry_at = time.monotonic() + _RETRY_INTERVAL
         if not self._warned:
             self._warned = True
             logger.warning(
                 "relay mode cannot write to %s (%s): messages go to the in-process worker until it can",
                 self.directory,
-                error or "the directory is full (max_spool_bytes) or cannot be made",
+                error or self._refusal,
             )
         return False
 

@@ -259,6 +259,25 @@ def test_an_unwritable_directory_falls_back_to_the_in_process_worker_and_says_so
         client.shutdown()
 
 
+def test_at_the_spool_cap_messages_go_to_the_in_process_worker_and_none_is_lost(
+    server: LocalServer, tmp_path: Path
+) -> None:
+    directory = tmp_path / "spool"
+    client = fa.Client(
+        API_KEY, WORKSPACE, host=server.url, spool_dir=directory, delivery="relay", max_spool_bytes=600
+    )
+    try:
+        for number in range(20):
+            client.track("u", "e", idempotency_key=f"cap{number}")
+        assert client.flush(timeout=30)
+        assert {f"cap{n}" for n in range(20)} <= set(_delivered_keys(server))
+        stats = client.relay.stats()  # type: ignore[union-attr]
+        assert stats.written >= 1 and stats.fallbacks >= 1 and stats.written + stats.fallbacks == 20
+    finally:
+        client.shutdown()
+        _stop_relays(directory)
+
+
 @pytest.mark.parametrize(
     ("options", "option"),
     [
