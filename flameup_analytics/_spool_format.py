@@ -96,6 +96,28 @@ def _after_ack(data: bytes, ack: int | None) -> tuple[list[Record], list[int], b
     return records, damage, False
 
 
+def backlog_of(data: bytes, start: int) -> tuple[int, float | None]:
+    """How many records follow ``start``, counted by their headers alone (cheap enough for a status
+    every second; a damaged stretch is skipped to the next MAGIC, nothing is checked), and when the
+    first intact one of them was spooled."""
+    count = 0
+    offset = start
+    size = len(data)
+    while offset + _HEADER.size <= size:
+        magic, length, _ = _HEADER.unpack_from(data, offset)
+        end = offset + _HEADER.size + length
+        if magic == MAGIC and length <= MAX_RECORD_BYTES and end <= size:
+            count += 1
+            offset = end
+            continue
+        found = data.find(MAGIC, offset + 1)
+        if found < 0:
+            break
+        offset = found
+    first = _decode_at(data, start) if count else None
+    return count, None if first is None else first.created
+
+
 def _scan(data: bytes, start: int) -> tuple[list[Record], list[int]]:
     """The intact records from ``start`` on, and where each damaged stretch begins."""
     records: list[Record] = []

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ._spool_format import SEGMENT_SUFFIX, Record, appended
+from ._spool_format import SEGMENT_SUFFIX, Record, appended, backlog_of
 from .client import Client
 from .connections import carrier_for
 from .errors import FlameupError
@@ -354,8 +354,8 @@ class Relay:
 
 
 def backlog(directory: Path) -> dict[str, Any]:
-    """What waits in ``directory``: segments, records and bytes not yet final, and when the oldest
-    of them was written. Reads each segment from its ack on (nothing is locked)."""
+    """What waits in ``directory``: segments, records and bytes after their acks, and when the
+    oldest of them was written. Reads each segment from its ack on (nothing is locked)."""
     segments = records = size = 0
     oldest: float | None = None
     for path in DiskSpool(directory).segments():
@@ -365,12 +365,12 @@ def backlog(directory: Path) -> dict[str, Any]:
         except OSError:
             continue
         ack = read_ack(path)
-        waiting, _ = appended(data, ack)
+        start = ack if ack is not None and ack <= len(data) else 0
+        count, created = backlog_of(data, start)
         segments += 1
-        if waiting:
-            records += len(waiting)
-            size += len(data) - (ack if ack is not None and ack <= len(data) else 0)
-            created = waiting[0].created
+        records += count
+        size += len(data) - start
+        if created is not None:
             oldest = created if oldest is None else min(oldest, created)
     return {"segments": segments, "records": records, "bytes": size, "oldest": oldest}
 

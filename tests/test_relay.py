@@ -22,7 +22,7 @@ from flameup_analytics._spool_format import appended, encode_record
 from flameup_analytics.cli import main
 from flameup_analytics.message import STANDARD, Message, track_body
 from flameup_analytics.relay import RelayWriter, read_status, relay_pid
-from flameup_analytics.relay_process import Relay, RelaySpool
+from flameup_analytics.relay_process import Relay, RelaySpool, backlog
 from flameup_analytics.spool import DiskSpool, read_ack
 from flameup_analytics.testing import LocalServer
 
@@ -166,6 +166,25 @@ def test_the_relay_reports_its_status_and_the_command_line_shows_it(
     assert main(["relay", "status", "--dir", str(relay_in_thread.directory)]) == 0
     shown = capsys.readouterr().out
     assert f"running, pid {os.getpid()}" in shown and "backlog        0 record(s)" in shown
+
+
+def test_the_backlog_counts_what_follows_each_ack_and_dates_the_oldest(tmp_path: Path) -> None:
+    writer = _writer(tmp_path)
+    for number in range(3):
+        writer.append(_message(number))
+    (segment,) = DiskSpool(tmp_path).segments()
+    first, *_ = appended(segment.read_bytes(), 0)[0]
+    assert backlog(tmp_path) == {
+        "segments": 1,
+        "records": 3,
+        "bytes": segment.stat().st_size,
+        "oldest": first.created,
+    }
+    (batch,) = RelaySpool(tmp_path).claim()
+    batch.ack(1)
+    waiting = backlog(tmp_path)
+    assert waiting["records"] == 2 and waiting["bytes"] == segment.stat().st_size - first.end
+    writer.close()
 
 
 def test_relay_status_without_a_relay_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
