@@ -231,6 +231,7 @@ class Relay:
     def run(self) -> bool:
         """Serve until stopped or idle; False when another relay already serves the directory."""
         if not self._elect():
+            self._client.shutdown()
             return False
         logger.info("relay %d delivers from %s", os.getpid(), self.directory)
         self._worker.start()
@@ -244,6 +245,7 @@ class Relay:
             reporter.join(STATUS_INTERVAL * 2)
             self._write_status()
             os.close(self._lock_fd)
+            self._client.shutdown()
         return True
 
     def _serve(self) -> None:
