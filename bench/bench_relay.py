@@ -4,8 +4,10 @@
     .venv/bin/python bench/bench_relay.py --quick    # fewer calls, 10 trials
     .venv/bin/python bench/bench_relay.py --json     # machine-readable results on stdout
 
-The local API runs in its own process (``bench_track.ServerProcess``), the relay in its own (as
-in production, started by the client). Latency is measured as in ``bench_track.py`` (~20 us of host
+The local API runs in its own process (``bench_track.ServerProcess``, or one with an answer delay
+for the throughput runs), the relay in its own (as in production, started by the client).
+Throughput: one process tracks as fast as it can, then flushes; relay and in-process modes at 0
+and 50 ms of API latency. Latency is measured as in ``bench_track.py`` (~20 us of host
 work between calls); host CPU per event is this process's CPU time (all its threads) over a run of
 calls, minus the same loop without the SDK. See docs/relay.md for the results.
 """
@@ -125,6 +127,49 @@ def kill_trials(url: str, directory: Path, trials: int, seed: int = 1) -> dict[s
     }
 
 
+_SERVER_WITH_LATENCY = textwrap.dedent(
+    """
+    import sys
+    from flameup_analytics.testing import LocalServer
+    server = LocalServer({api_key!r}, {workspace!r}, validate=False, latency=float(sys.argv[1])).start()
+    print(server.url, flush=True)
+    sys.stdin.read()
+    """
+).format(api_key=API_KEY, workspace=WORKSPACE_ID)
+
+
+def throughput(directory: Path, events: int, latency: float, delivery: str) -> float:
+    """Events per second from the first track() to a flush() that returned True, one process
+    tracking as fast as it can, against a local API answering after ``latency`` seconds."""
+    server = subprocess.Popen(
+        [sys.executable, "-c", _SERVER_WITH_LATENCY, str(latency)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert server.stdout is not None and server.stdin is not None
+    url = server.stdout.readline().strip()
+    client = Client(
+        API_KEY, WORKSPACE_ID, host=url, spool_dir=directory, delivery=delivery, max_queue_size=10 * events
+    )  # type: ignore[arg-type]
+    try:
+        client.track("warmup", "e")
+        client.flush(timeout=30)
+        started = time.monotonic()
+        for i in range(events):
+            client.track(f"user_{i % 1000}", "page_viewed", {"page": "/pricing"})
+        flushed = client.flush(timeout=300)
+        elapsed = time.monotonic() - started
+    finally:
+        client.shutdown()
+        pid = relay_pid(directory)
+        if pid:
+            os.kill(pid, signal.SIGTERM)
+        server.stdin.close()
+        server.wait(30)
+    return events / elapsed if flushed else 0.0
+
+
 def _segments(directory: Path) -> int:
     return sum(1 for name in os.listdir(directory) if name.endswith(".seg"))
 
@@ -134,12 +179,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    calls, trials = (20_000, 10) if args.quick else (100_000, 50)
+    calls, trials, events = (20_000, 10, 5_000) if args.quick else (100_000, 50, 20_000)
     with ServerProcess() as server, tempfile.TemporaryDirectory() as scratch:
         results: dict[str, Any] = latency_and_cpu(server.url, Path(scratch) / "latency", calls, "relay")
         # The default mode, same loop and server, for comparison on this (shared) machine.
         results["in_process"] = latency_and_cpu(server.url, Path(scratch) / "in-process", calls, "in_process")
         results["kills"] = kill_trials(server.url, Path(scratch) / "kills", trials)
+        results["throughput"] = {
+            f"{mode} {latency * 1000:.0f} ms": round(
+                throughput(Path(scratch) / f"t-{mode}-{latency}", events, latency, mode)
+            )
+            for latency in (0.0, 0.05)
+            for mode in ("relay", "in_process")
+        }
         report = server.stop()
     results["server_accepted"] = report.get("accepted")
     results["targets"] = TARGETS
@@ -157,6 +209,10 @@ def main(argv: list[str] | None = None) -> int:
         f"in-process mode, same run: p50 {default['track_us']['p50']:.1f} us, "
         f"p99.9 {default['track_us']['p99.9']:.1f} us, "
         f"host CPU per event {default['cpu_us_per_event']:.1f} us"
+    )
+    print(
+        "delivered events/s (0 = flush failed): "
+        + ", ".join(f"{name} {rate}" for name, rate in results["throughput"].items())
     )
     kills = results["kills"]
     print(
