@@ -15,7 +15,6 @@ from flameup_analytics.testing import Fault, LocalServer, ReceivedRequest
 
 from .conftest import ClientFactory
 
-
 T = TypeVar("T")
 
 
