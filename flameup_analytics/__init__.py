@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
 from .client import Client
@@ -28,7 +28,10 @@ from .errors import (
 from .ledger import MessageOutcome, Stats
 from .message import Event, Message
 from .retry import RetryPolicy
-from .transport import HTTPTransport, MockTransport, Request, RequestsTransport, Response, Transport
+from .transport import HTTPTransport, MockTransport, Request, Response, Transport
+
+if TYPE_CHECKING:
+    from .requests_transport import RequestsTransport
 
 __all__ = [
     "APIError",
@@ -62,6 +65,17 @@ __all__ = [
     "stats",
     "track",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # RequestsTransport on first use: its module imports requests and urllib3, which cost more
+    # than the rest of the package, and the default transport does without them.
+    if name == "RequestsTransport":
+        from .requests_transport import RequestsTransport
+
+        return RequestsTransport
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 _default: Client | None = None
 _default_lock = threading.Lock()
@@ -101,12 +115,14 @@ def track(
     timestamp: Any = None,
     idempotency_key: str | None = None,
 ) -> None:
+    """Queue a track on the default client; see :meth:`Client.track`."""
     get_client().track(external_id, event, parameters, timestamp=timestamp, idempotency_key=idempotency_key)
 
 
 def identify(
     user_id: str, traits: Mapping[str, Any] | None = None, *, idempotency_key: str | None = None
 ) -> None:
+    """Queue an identify on the default client; see :meth:`Client.identify`."""
     get_client().identify(user_id, traits, idempotency_key=idempotency_key)
 
 
@@ -118,12 +134,14 @@ def send_transactional(
     *,
     idempotency_key: str | None = None,
 ) -> dict[str, Any]:
+    """Send a transactional message now, with the default client; see :meth:`Client.send_transactional`."""
     return get_client().send_transactional(
         user_id, template_id, channel, variables, idempotency_key=idempotency_key
     )
 
 
 def get_person(user_id: str) -> dict[str, Any] | None:
+    """Fetch a person with the default client; see :meth:`Client.get_person`."""
     return get_client().get_person(user_id)
 
 
@@ -134,6 +152,7 @@ def flush(timeout: float = 10.0) -> bool:
 
 
 def stats() -> Stats:
+    """The default client's counters; see :meth:`Client.stats`."""
     return get_client().stats()
 
 
