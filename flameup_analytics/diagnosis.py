@@ -18,12 +18,10 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Literal
 
-from requests.utils import get_environ_proxies
-
-from ._redact import redact_key
-from .errors import TransportError
+from ._redact import redact_key, redact_url
+from .errors import ConfigurationError, TransportError
 from .message import keys
-from .transport import HTTPTransport, Request, Response, configured_ca_bundle, tls_context
+from .transport import HTTPTransport, Request, Response, configured_ca_bundle, tls_context, usable_proxy
 
 #: Beyond this, the timestamps the SDK stamps on events (from this machine's clock) are off.
 MAX_CLOCK_SKEW = 60.0
@@ -59,9 +57,15 @@ def diagnose(
     parts = urllib.parse.urlsplit(host)
     hostname = parts.hostname or ""
     port = parts.port or (443 if parts.scheme == "https" else 80)
-    proxy = get_environ_proxies(host).get(parts.scheme)
+    try:
+        proxy = usable_proxy(host)
+    except ConfigurationError as exc:
+        findings.append(Finding("proxy", "fail", str(exc)))
+        return findings
     if proxy:
-        findings.append(Finding("proxy", "ok", f"requests go through {proxy} (from the environment)"))
+        findings.append(
+            Finding("proxy", "ok", f"requests go through {redact_url(proxy)} (from the environment)")
+        )
         proxy_parts = urllib.parse.urlsplit(proxy)
         reach_host, reach_port = proxy_parts.hostname or "", proxy_parts.port or 80
     else:

@@ -373,6 +373,20 @@ def test_check_names_an_unreachable_host() -> None:
     assert "FAIL tcp" in result.stdout
 
 
+def test_check_refuses_a_proxy_the_sdk_cannot_use_and_masks_its_password() -> None:
+    # No DNS or network step runs: the proxy step fails first (the host would never be reached).
+    env = {
+        "FLAMEUP_API_KEY": API_KEY,
+        "FLAMEUP_WORKSPACE_ID": WORKSPACE,
+        "FLAMEUP_HOST": "https://api.example.invalid",
+    }
+    result = cli("check", env={**env, "HTTPS_PROXY": "socks5://ops:hunter2@127.0.0.1:1080", "NO_PROXY": ""})
+    assert result.returncode == 1
+    assert "FAIL proxy" in result.stdout and "HTTPS_PROXY" in result.stdout
+    assert "hunter2" not in result.stdout + result.stderr
+    assert "dns" not in result.stdout
+
+
 def test_dns_failures_and_clock_skew_are_explained(monkeypatch: pytest.MonkeyPatch) -> None:
     from flameup_analytics import diagnosis
 
