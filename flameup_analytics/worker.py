@@ -391,7 +391,7 @@ class Worker:
             if verdict.retry_after is not None and verdict.retry_after <= self._retry.max_retry_after:
                 self._limit.pause(now + verdict.retry_after)
         elif entry.response is not None:
-            self._limit.answered(now - entry.sent_at, backlog=self._backlog())
+            self._limit.answered(now - entry.sent_at, backlog=self._backlog(), now=now)
         result = verdict.result
         if result is Result.DELIVERED:
             self._last_success = now
