@@ -30,6 +30,7 @@ from .message import (
     Convert,
     Event,
     Hook,
+    Kind,
     Queued,
     identify_body,
     identify_event,
@@ -283,7 +284,7 @@ class Client:
         own id for this event, e.g. an order id) replaces the generated one, on every retry and
         after a restart: the API processes a key once.
         """
-        key = keys.next_number() if idempotency_key is None else require_key(idempotency_key)
+        key = None if idempotency_key is None else require_key(idempotency_key)
         if self._shapes_track:
             encoded = self._track_shaped(external_id, event, parameters, timestamp)
             if encoded is None:
@@ -293,7 +294,7 @@ class Client:
             user_id, body = track_body(
                 external_id, event, parameters, timestamp, self.max_message_bytes, self._codec
             )
-        self._enqueue((TRACK, user_id, body, key))
+        self._enqueue(TRACK, user_id, body, key)
 
     def identify(
         self, user_id: str, traits: Mapping[str, Any] | None = None, *, idempotency_key: str | None = None
@@ -304,14 +305,14 @@ class Client:
         """
         if self.workspace_id is None and not self.disabled:
             raise _missing_workspace("identify()")
-        key = keys.next_number() if idempotency_key is None else require_key(idempotency_key)
+        key = None if idempotency_key is None else require_key(idempotency_key)
         if self._hook is not None:
             shaped = self._run_hook(identify_event(user_id, traits))
             if shaped is None:
                 return
             user_id, traits = shaped.user_id, shaped.properties
         user_id, body = identify_body(user_id, traits, self.max_message_bytes, self._codec)
-        self._enqueue((IDENTIFY, user_id, body, key))
+        self._enqueue(IDENTIFY, user_id, body, key)
 
     def _track_shaped(
         self, external_id: Any, event: Any, parameters: Any, timestamp: Any
@@ -343,12 +344,13 @@ class Client:
             self._ledger.count_filtered()
         return shaped
 
-    def _enqueue(self, message: Queued) -> None:
-        if self._queue_directly and self._queue.put(message):
+    def _enqueue(self, kind: Kind, user_id: str, body: bytes, key: str | None) -> None:
+        # Queued as its body alone when the SDK makes the key: the key is made as the worker takes it.
+        if self._queue_directly and self._queue.put(body if key is None else (kind, user_id, body, key)):
             if self._worker is None:
                 self._start_worker()
             return
-        self._enqueue_slowly(message)
+        self._enqueue_slowly((kind, user_id, body, keys.next_number() if key is None else key))
 
     def _enqueue_slowly(self, message: Queued) -> None:
         recorder = _recorder

@@ -42,13 +42,41 @@ class Message(NamedTuple):
     key: str
 
 
-#: A message as queued: an exact tuple ``(kind, user_id, body, key)``, encoded once in the caller.
+#: A message on its way: an exact tuple ``(kind, user_id, body, key)``, encoded once in the caller.
 #: ``key`` is the idempotency key, or, for a message made by this process, the number it is
-#: made from (40 bytes less per queued message than its text). Exact tuples of strings, bytes and
+#: made from (40 bytes less per message than its text). Exact tuples of strings, bytes and
 #: ints are dropped from the garbage collector's watch, so a long queue costs no GC pauses.
 #: A :class:`Message` is such a tuple too.
 Queued = tuple[Kind, str, bytes, "int | str"]
 USER_ID: Final = 1
+
+#: What the memory queue holds for each message: its body alone when the SDK makes its idempotency
+#: key (the key is made as the worker takes it, by :func:`unpack`), else the whole :data:`Queued`
+#: tuple. A body is all a queued message costs: no tuple, no key, and no hold on the caller's user
+#: id string (an app that builds the id afresh on every call would keep one copy per message).
+Pending = bytes | Queued
+
+#: How track and identify bodies begin: the encoder writes the ordering key first, compactly.
+_TRACK_START: Final = b'{"external_id":"'
+_IDENTIFY_START: Final = b'{"userId":"'
+#: Searched as ints: ``b"\\" in some_bytes`` costs ten times ``92 in some_bytes``.
+_QUOTE: Final = ord('"')
+_BACKSLASH: Final = ord("\\")
+
+
+def unpack(body: bytes) -> Queued:
+    """The message a queued body stands for, with a new idempotency key. Its kind and user id are
+    read back from the body, where :func:`track_body` and :func:`identify_body` wrote them first."""
+    kind: Kind
+    if body.startswith(_TRACK_START):
+        kind, field, start = TRACK, "external_id", len(_TRACK_START)
+    else:
+        kind, field, start = IDENTIFY, "userId", len(_IDENTIFY_START)
+    user_id = body[start : body.index(_QUOTE, start)]
+    # Without a backslash, the quote found closes the id and its bytes are the id's own UTF-8
+    # (ensure_ascii=False); an escaped character, rare in an id, costs a full parse.
+    text: str = json.loads(body)[field] if _BACKSLASH in user_id else user_id.decode()
+    return kind, text, body, keys.next_number()
 
 
 def key_of(message: Queued) -> str:

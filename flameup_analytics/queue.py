@@ -3,6 +3,9 @@
 Callers only append to a deque (atomic under the GIL, no lock); the worker takes messages from the
 other end. The count of messages taken lets ``flush()`` name, without a lock on the hot path, the
 exact set of messages enqueued before it was called.
+
+A message whose idempotency key the SDK makes waits as its body alone, and gets its key as it is
+taken (:func:`~flameup_analytics.message.unpack`): from then on, retries and the spool keep that key.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import threading
 import weakref
 from collections import deque
 
-from .message import Queued
+from .message import Pending, Queued, unpack
 
 
 class Wakeup:
@@ -70,7 +73,7 @@ def _close_all(*descriptors: int) -> None:
 
 class MessageQueue:
     def __init__(self, max_size: int, flush_at: int) -> None:
-        self._items: deque[Queued] = deque()
+        self._items: deque[Pending] = deque()
         self._max_size = max_size
         self._flush_at = flush_at
         #: Set when the worker should run: ``flush_at`` messages wait, or a flush or shutdown began.
@@ -81,7 +84,7 @@ class MessageQueue:
         #: count against ``max_size`` too, so memory stays bounded whoever holds them.
         self.held = 0
 
-    def put(self, message: Queued) -> bool:
+    def put(self, message: Pending) -> bool:
         """Append without blocking; False when full. Concurrent callers may overshoot by a few."""
         items = self._items
         if len(items) + self.held >= self._max_size:
@@ -98,7 +101,7 @@ class MessageQueue:
             first = self._taken
             batch = [items.popleft() for _ in range(min(limit, len(items)))]
             self._taken += len(batch)
-        return first, batch
+        return first, [unpack(item) if isinstance(item, bytes) else item for item in batch]
 
     def take_all(self) -> list[Queued]:
         return self.take(len(self._items))[1]
