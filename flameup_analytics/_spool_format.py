@@ -14,12 +14,13 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
-
-import msgpack
+from typing import Any
 
 from .message import Message, Queued, key_of
 
@@ -33,15 +34,26 @@ _SEQUENCED = re.compile(rf"(\d{{{_SEQUENCE_WIDTH}}})-")
 _ACK_WIDTH = 20
 
 
-#: One packer for every thread: a third of ``packb``'s cost (relay mode encodes in the caller's
-#: thread). Safe under the GIL: packing str, bytes and float runs no Python code, so no other
-#: thread can enter it midway.
-_pack = msgpack.Packer(use_bin_type=True).pack
+@functools.cache
+def _msgpack() -> Any:
+    """msgpack, imported when a record is first written or read: most processes never spool."""
+    import msgpack
+
+    return msgpack
+
+
+@functools.cache
+def _packer() -> Callable[[object], bytes]:
+    """One packer for every thread: a third of ``packb``'s cost (relay mode encodes in the caller's
+    thread). Safe under the GIL: packing str, bytes and float runs no Python code, so no other
+    thread can enter it midway."""
+    pack: Callable[[object], bytes] = _msgpack().Packer(use_bin_type=True).pack
+    return pack
 
 
 def encode_record(message: Queued, created: float) -> bytes:
     kind, user_id, body, _ = message
-    payload: bytes = _pack([kind, user_id, key_of(message), body, created])
+    payload = _packer()([kind, user_id, key_of(message), body, created])
     return _HEADER.pack(MAGIC, len(payload), zlib.crc32(payload)) + payload
 
 
@@ -153,6 +165,7 @@ def _decode_at(data: bytes, offset: int) -> Record | None:
     payload = data[start:end]
     if zlib.crc32(payload) != crc:
         return None
+    msgpack = _msgpack()
     try:
         kind, user_id, key, body, created = msgpack.unpackb(payload, raw=False)
     except (ValueError, TypeError, msgpack.UnpackException):

@@ -13,16 +13,17 @@ import json
 import json.encoder
 import logging
 import math
-import secrets
+import os
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from decimal import Decimal
-from typing import Any, Final, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple
 
 from .errors import ValidationError
+
+if TYPE_CHECKING:
+    from decimal import Decimal
 
 logger = logging.getLogger("flameup_analytics")
 
@@ -100,7 +101,8 @@ class _KeyGenerator:
         self.reseed()
 
     def reseed(self) -> None:
-        self._prefix = secrets.token_hex(8) + "-"
+        # os.urandom is what secrets.token_hex reads, without importing secrets (hmac, hashlib, random).
+        self._prefix = os.urandom(8).hex() + "-"
         self._counter = itertools.count(1)
 
     def next_number(self) -> int:
@@ -203,9 +205,12 @@ def _to_json(value: Any) -> Any:
         return format_datetime(value)
     if isinstance(value, (dt.date, dt.time)):
         return value.isoformat()
-    if isinstance(value, Decimal):
+    # A Decimal or a UUID exists only once its module was imported: no need to import them here
+    # (which every program would pay for at import).
+    decimal, uuid = sys.modules.get("decimal"), sys.modules.get("uuid")
+    if decimal is not None and isinstance(value, decimal.Decimal):
         return _decimal_to_json(value)
-    if isinstance(value, uuid.UUID):
+    if uuid is not None and isinstance(value, uuid.UUID):
         return str(value)
     if isinstance(value, enum.Enum):
         return value.value

@@ -9,12 +9,13 @@ imports this module on first access to ``flameup_analytics.RequestsTransport``.
 from __future__ import annotations
 
 import http.client
+import io
 import os
 import socket
 import threading
 import urllib.parse
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import requests
 import requests.adapters
@@ -23,17 +24,49 @@ import urllib3.connection
 import urllib3.exceptions
 from requests.structures import CaseInsensitiveDict
 
-from .transport import (
-    MAX_RESPONSE_BYTES,
-    Request,
-    Response,
-    _Answer,
-    _PooledTransport,
-    _refuse_beyond_cap,
-    _time_left,
-)
+from ._http_client import AnswerLimits, refuse_beyond_cap
+from .transport import MAX_RESPONSE_BYTES, Request, Response, _PooledTransport, _time_left
 
 __all__ = ["RequestsTransport"]
+
+
+class _AnswerReader(io.RawIOBase, AnswerLimits):
+    """A socket urllib3 made, as one answer is read from it, with the same limits."""
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        self._sock = sock
+        # A file of the socket keeps it open while this reads: http.client closes the connection
+        # and hands its socket to the answer when the server says "Connection: close".
+        self._file = sock.makefile("rb", buffering=0)
+        self.expect_answer(deadline)
+
+    def makefile(self, mode: str) -> io.BufferedReader:
+        """What ``http.client.HTTPResponse`` asks its socket for."""
+        return io.BufferedReader(self)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        self._sock.settimeout(_time_left(self.deadline))
+        return self._counted(self._sock.recv_into(buffer))
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+
+class _Answer(http.client.HTTPResponse):
+    """An ``http.client`` answer read through an :class:`_AnswerReader`."""
+
+    def __init__(self, sock: socket.socket, deadline: float, method: str | None = None) -> None:
+        self._reader = _AnswerReader(sock, deadline)
+        super().__init__(cast(socket.socket, self._reader), method=method)
+
+    def begin(self) -> None:
+        super().begin()
+        self._reader.expect_body()
+
 
 #: The deadline of the attempt this thread is making through a RequestsTransport: urllib3 builds
 #: and reuses connections inside ``adapter.send``, out of reach of a per-call argument.
@@ -100,8 +133,6 @@ class RequestsTransport(_PooledTransport):
     Safe to share between threads.
     """
 
-    _errors = (requests.RequestException, urllib3.exceptions.HTTPError, OSError, http.client.HTTPException)
-
     def __init__(
         self,
         pool_size: int = 10,
@@ -111,6 +142,9 @@ class RequestsTransport(_PooledTransport):
     ) -> None:
         super().__init__(pool_size, proxies=proxies, verify=verify)
         self._adapter = _Adapter(pool_connections=1, pool_maxsize=pool_size, max_retries=0)
+
+    def _failures(self) -> tuple[type[BaseException], ...]:
+        return (requests.RequestException, urllib3.exceptions.HTTPError, OSError, http.client.HTTPException)
 
     def _send_once(self, request: Request, deadline: float) -> Response:
         proxy_url = self._proxy_for(request.url)
@@ -133,10 +167,10 @@ class RequestsTransport(_PooledTransport):
             proxies={urllib.parse.urlsplit(request.url).scheme: proxy_url} if proxy_url else {},
         )
         try:
-            _refuse_beyond_cap(answer.raw.length_remaining)
+            refuse_beyond_cap(answer.raw.length_remaining)
             # Decoded bytes: a small compressed body cannot expand past the cap either.
             body = answer.raw.read(MAX_RESPONSE_BYTES + 1, decode_content=True)
-            _refuse_beyond_cap(len(body))
+            refuse_beyond_cap(len(body))
         except BaseException:
             answer.close()  # closes the half-read connection instead of pooling it
             raise

@@ -16,25 +16,25 @@ to the pool half-read.
 from __future__ import annotations
 
 import base64
-import http.client
-import io
 import json
 import logging
-import math
 import os
-import select
-import socket
 import ssl
 import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol, cast, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, cast, runtime_checkable
 
 from . import _config
 from ._redact import redact_text, redact_url
 from .errors import ConfigurationError, TransportError
+
+if TYPE_CHECKING:
+    import http.client
+
+    from ._http_client import Connection, LimitedSocket
 
 logger = logging.getLogger("flameup_analytics")
 
@@ -129,7 +129,7 @@ def _unverified_context() -> ssl.SSLContext:
     return context
 
 
-# --- one deadline for every step of an attempt, a cap on every answer ----------------------------
+# --- one deadline for every step of an attempt ---------------------------------------------------
 
 
 def _time_left(deadline: float) -> float:
@@ -138,103 +138,6 @@ def _time_left(deadline: float) -> float:
     if left <= 0:
         raise TimeoutError("timed out")
     return left
-
-
-class _AnswerTooLarge(http.client.HTTPException):
-    """The server sent more than the SDK reads; the connection cannot be reused."""
-
-
-_BODY_TOO_LARGE = f"answer larger than {MAX_RESPONSE_BYTES // 1024 // 1024} MiB"
-_HEAD_TOO_LARGE = f"answer's header section larger than {MAX_HEADER_BYTES // 1024} KiB"
-
-
-class _AnswerLimits:
-    """What the answer being read from a socket may still take: time until ``deadline``, and
-    ``allowance`` more bytes. Set for each answer. Every receive waits only for the time left and
-    is counted, so a server dripping bytes cannot stretch an attempt, nor a large answer fill memory.
-    """
-
-    deadline = math.inf
-    allowance = MAX_HEADER_BYTES
-    refusal = _HEAD_TOO_LARGE
-
-    def expect_answer(self, deadline: float) -> None:
-        """The next bytes are a new answer's head, due by ``deadline``."""
-        self.deadline = deadline
-        self.allowance = MAX_HEADER_BYTES
-        self.refusal = _HEAD_TOO_LARGE
-
-    def expect_body(self) -> None:
-        """The head is in; the body (chunk framing and trailers included) gets its own allowance."""
-        self.allowance = MAX_RESPONSE_BYTES + MAX_HEADER_BYTES
-        self.refusal = _BODY_TOO_LARGE
-
-    def _counted(self, received: int) -> int:
-        self.allowance -= received
-        if self.allowance < 0:
-            raise _AnswerTooLarge(self.refusal)
-        return received
-
-
-class _LimitedSocket(socket.socket, _AnswerLimits):
-    """HTTPTransport's TCP sockets. ``http.client`` reads an answer through ``makefile()``, one
-    ``recv_into`` at a time: limits kept on the socket cost the least per request."""
-
-    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
-        self.settimeout(_time_left(self.deadline))
-        return self._counted(super().recv_into(buffer, nbytes, flags))
-
-
-class _LimitedSSLSocket(ssl.SSLSocket, _AnswerLimits):
-    """HTTPTransport's TLS sockets (its ``SSLContext.sslsocket_class``)."""
-
-    def recv_into(self, buffer: Any, nbytes: int | None = None, flags: int = 0) -> int:
-        self.settimeout(_time_left(self.deadline))
-        return self._counted(super().recv_into(buffer, nbytes, flags))
-
-
-class _AnswerReader(io.RawIOBase, _AnswerLimits):
-    """A socket urllib3 made, as one answer is read from it, with the same limits."""
-
-    def __init__(self, sock: socket.socket, deadline: float) -> None:
-        self._sock = sock
-        # A file of the socket keeps it open while this reads: http.client closes the connection
-        # and hands its socket to the answer when the server says "Connection: close".
-        self._file = sock.makefile("rb", buffering=0)
-        self.expect_answer(deadline)
-
-    def makefile(self, mode: str) -> io.BufferedReader:
-        """What ``http.client.HTTPResponse`` asks its socket for."""
-        return io.BufferedReader(self)
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        self._sock.settimeout(_time_left(self.deadline))
-        return self._counted(self._sock.recv_into(buffer))
-
-    def close(self) -> None:
-        self._file.close()
-        super().close()
-
-
-class _Answer(http.client.HTTPResponse):
-    """An ``http.client`` answer read through an :class:`_AnswerReader`."""
-
-    def __init__(self, sock: socket.socket, deadline: float, method: str | None = None) -> None:
-        self._reader = _AnswerReader(sock, deadline)
-        super().__init__(cast(socket.socket, self._reader), method=method)
-
-    def begin(self) -> None:
-        super().begin()
-        self._reader.expect_body()
-
-
-def _refuse_beyond_cap(body_size: int | None) -> None:
-    """:class:`_AnswerTooLarge` if a body of ``body_size`` bytes (declared or read) is over the cap."""
-    if body_size is not None and body_size > MAX_RESPONSE_BYTES:
-        raise _AnswerTooLarge(_BODY_TOO_LARGE)
 
 
 # --- proxies and URLs ------------------------------------------------------------------------------
@@ -323,6 +226,8 @@ def _chain(error: BaseException) -> Iterator[BaseException]:
 
 def _closed_by_peer(error: BaseException) -> bool:
     """Whether the connection was closed under us (not refused, not timed out)."""
+    import http.client  # loaded already: the failed request used it
+
     closed = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
     return any(isinstance(linked, closed) for linked in _chain(error))
 
@@ -340,9 +245,6 @@ class _PooledTransport:
     False (no verification at all: logged as a warning), or the path of a CA bundle. Both raise
     :class:`ConfigurationError` naming the option for an unusable value.
     """
-
-    #: The exceptions of the underlying library that mean "no answer came".
-    _errors: tuple[type[BaseException], ...] = (OSError,)
 
     def __init__(
         self,
@@ -392,14 +294,14 @@ class _PooledTransport:
         try:
             try:
                 return self._send_once(request, deadline)
-            except self._errors as exc:
+            except self._failures() as exc:
                 if not _closed_by_peer(exc) or time.monotonic() >= deadline:
                     raise
                 # A pooled keep-alive connection the server (or a NAT, or a frozen and thawed
                 # serverless runtime) had closed: once more, on a fresh connection, by the same
                 # deadline. The idempotency key makes a duplicate harmless if the first one arrived.
                 return self._send_once(request, deadline)
-        except self._errors as exc:
+        except self._failures() as exc:
             message, chain_shows_a_password = self._describe(exc, request.url, timeout)
             if chain_shows_a_password:  # a traceback would print it
                 raise TransportError(message) from None
@@ -408,8 +310,10 @@ class _PooledTransport:
     def _describe(self, error: BaseException, url: str, timeout: float) -> tuple[str, bool]:
         """``error`` as the SDK shows it, every password masked; and whether the text of an
         exception in its chain shows one."""
+        from ._http_client import AnswerTooLarge
+
         linked = list(_chain(error))
-        too_large = next((item for item in linked if isinstance(item, _AnswerTooLarge)), None)
+        too_large = next((item for item in linked if isinstance(item, AnswerTooLarge)), None)
         if too_large is not None:
             text = str(too_large)
         elif any(isinstance(item, TimeoutError) for item in linked):
@@ -420,6 +324,11 @@ class _PooledTransport:
         shows_a_password = any(redact_text(str(item), *secrets) != str(item) for item in linked)
         return redact_text(text, *secrets), shows_a_password
 
+    def _failures(self) -> tuple[type[BaseException], ...]:
+        """The exceptions of the underlying library that mean "no answer came" (looked up only
+        once one was raised)."""
+        return (OSError,)
+
     def _send_once(self, request: Request, deadline: float) -> Response:
         raise NotImplementedError
 
@@ -429,51 +338,6 @@ class _PooledTransport:
 
 
 # --- HTTPTransport: http.client -------------------------------------------------------------------
-
-
-def _open_socket(address: tuple[str, int], deadline: float) -> _LimitedSocket:
-    """A TCP connection to the first of ``address``'s addresses that accepts before ``deadline``.
-
-    ``socket.create_connection`` would give every address the whole timeout.
-    """
-    host, port = address
-    error: OSError = OSError(f"no address for {host}")
-    for family, kind, proto, _, sockaddr in socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM):
-        sock = _LimitedSocket(family, kind, proto)
-        sock.expect_answer(deadline)  # a proxy's answer to CONNECT comes first
-        try:
-            sock.settimeout(_time_left(deadline))
-            sock.connect(sockaddr)
-            # Also the budget of the TLS handshake that may follow (one deadline for all of it).
-            sock.settimeout(_time_left(deadline))
-        except OSError as exc:
-            sock.close()
-            error = exc
-            continue
-        # http.client writes the head and the body of a request separately: with Nagle's
-        # algorithm on, the body would wait for the peer's (delayed) ACK of the head, up to 40 ms
-        # a request on a real network. urllib3 turns it off for the same reason.
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return sock
-    raise error
-
-
-class _Connection(http.client.HTTPConnection):
-    """An ``http.client`` connection on a :class:`_LimitedSocket` that connects by ``deadline``."""
-
-    def __init__(self, host: str, port: int, deadline: float, **options: Any) -> None:
-        super().__init__(host, port, **options)
-        self._deadline = deadline
-        self._create_connection = self._connect_by_deadline
-
-    def _connect_by_deadline(
-        self, address: tuple[str, int], timeout: object = None, source_address: object = None
-    ) -> socket.socket:
-        return _open_socket(address, self._deadline)
-
-
-class _TLSConnection(_Connection, http.client.HTTPSConnection):
-    pass
 
 
 @dataclass(frozen=True)
@@ -507,8 +371,6 @@ class HTTPTransport(_PooledTransport):
     Both end in :class:`TransportError` and a closed connection. Safe to share between threads.
     """
 
-    _errors = (OSError, http.client.HTTPException)
-
     def __init__(
         self,
         pool_size: int = 10,
@@ -517,18 +379,25 @@ class HTTPTransport(_PooledTransport):
         verify: bool | str | os.PathLike[str] = True,
     ) -> None:
         super().__init__(pool_size, proxies=proxies, verify=verify)
-        self._idle: dict[tuple[str, str, int, str], list[_Connection]] = {}
+        self._idle: dict[tuple[str, str, int, str], list[Connection]] = {}
         self._routes: dict[str, _Route] = {}
         self._lock = threading.Lock()
         self._tls: ssl.SSLContext | None = None
         self._closed = False
 
+    def _failures(self) -> tuple[type[BaseException], ...]:
+        import http.client  # loaded already, by the request that failed
+
+        return (OSError, http.client.HTTPException)
+
     def _send_once(self, request: Request, deadline: float) -> Response:
+        from ._http_client import refuse_beyond_cap
+
         route = self._routes.get(request.url) or self._route(request.url)
         connection = self._checkout(route, deadline)
         answer: http.client.HTTPResponse | None = None
-        # A _LimitedSocket, or the _LimitedSSLSocket wrapped around one.
-        sock = cast(_LimitedSocket, connection.sock)
+        # A LimitedSocket, or the LimitedSSLSocket wrapped around one.
+        sock = cast("LimitedSocket", connection.sock)
         try:
             sock.expect_answer(deadline)
             sock.settimeout(_time_left(deadline))
@@ -536,11 +405,11 @@ class HTTPTransport(_PooledTransport):
             connection.request(request.method, route.target, request.body, headers)
             answer = connection.getresponse()
             sock.expect_body()
-            _refuse_beyond_cap(answer.length)
+            refuse_beyond_cap(answer.length)
             # A declared length is read whole (a short body raises IncompleteRead); chunked or
             # until-close bodies only up to one byte past the cap.
             body = answer.read() if answer.length is not None else answer.read(MAX_RESPONSE_BYTES + 1)
-            _refuse_beyond_cap(len(body))
+            refuse_beyond_cap(len(body))
         except BaseException:
             # Half-read, or the answer holds the socket ("Connection: close"): close both.
             if answer is not None:
@@ -585,28 +454,34 @@ class HTTPTransport(_PooledTransport):
         self._routes[url] = route
         return route
 
-    def _checkout(self, route: _Route, deadline: float) -> _Connection:
+    def _checkout(self, route: _Route, deadline: float) -> Connection:
+        from ._http_client import closed_while_idle
+
         with self._lock:
             idle = self._idle.get(route.pool)
             while idle:
                 connection = idle.pop()
-                if not _closed_while_idle(connection):
+                if not closed_while_idle(connection):
                     return connection
                 connection.close()
         return self._connect(route, deadline)
 
-    def _connect(self, route: _Route, deadline: float) -> _Connection:
+    def _connect(self, route: _Route, deadline: float) -> Connection:
+        # Here, not at the top: http.client loads most of the email package, and the first
+        # connection is made on the worker's thread.
+        from ._http_client import Connection, TLSConnection
+
         host, port = (
             (route.proxy.hostname, route.proxy.port or 80) if route.proxy else (route.host, route.port)
         )
         assert host is not None
-        connection: _Connection
+        connection: Connection
         if route.scheme == "https":
-            connection = _TLSConnection(host, port, deadline, context=self._tls_context())
+            connection = TLSConnection(host, port, deadline, context=self._tls_context())
             if route.proxy is not None:
                 connection.set_tunnel(route.host, route.port, headers=route.tunnel_headers)
         else:
-            connection = _Connection(host, port, deadline)
+            connection = Connection(host, port, deadline)
         try:
             connection.connect()
         except BaseException:
@@ -615,12 +490,14 @@ class HTTPTransport(_PooledTransport):
         return connection
 
     def _tls_context(self) -> ssl.SSLContext:
+        from ._http_client import LimitedSSLSocket
+
         if self._tls is None:
             self._tls = _unverified_context() if self._verify is False else tls_context(self._ca_bundle)
-            self._tls.sslsocket_class = _LimitedSSLSocket
+            self._tls.sslsocket_class = LimitedSSLSocket
         return self._tls
 
-    def _checkin(self, route: _Route, connection: _Connection) -> None:
+    def _checkin(self, route: _Route, connection: Connection) -> None:
         with self._lock:
             idle = self._idle.setdefault(route.pool, [])
             if not self._closed and len(idle) < self._pool_size:
@@ -636,18 +513,6 @@ class HTTPTransport(_PooledTransport):
         for connections in idle.values():
             for connection in connections:
                 connection.close()
-
-
-def _closed_while_idle(connection: http.client.HTTPConnection) -> bool:
-    """An idle keep-alive socket that became readable was closed (or broken) by the other end."""
-    sock = connection.sock
-    if sock is None:
-        return True
-    try:
-        readable, _, _ = select.select([sock], [], [], 0)
-    except (OSError, ValueError):
-        return True
-    return bool(readable)
 
 
 def __getattr__(name: str) -> Any:

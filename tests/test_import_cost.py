@@ -10,8 +10,10 @@ import sys
 import pytest
 
 #: Loaded on first use only: ``requests`` and ``urllib3`` by ``RequestsTransport`` and by the default
-#: transport's proxy and CA bundle lookups (on the worker's thread), ``asyncio`` by ``aflush()``.
-DEFERRED = ["requests", "urllib3", "asyncio"]
+#: transport's proxy and CA bundle lookups, ``http.client`` by its first connection (both on the
+#: worker's thread), ``asyncio`` by ``aflush()``, ``msgpack`` by the spool's first record, ``decimal``
+#: and ``uuid`` never by the SDK (a value of theirs exists only once the app imported them).
+DEFERRED = ["requests", "urllib3", "asyncio", "http.client", "msgpack", "decimal", "uuid"]
 
 
 def loaded_after(code: str) -> set[str]:
