@@ -6,7 +6,7 @@ import dataclasses
 import functools
 import logging
 import os
-import platform
+import sys
 import threading
 import time
 import types
@@ -56,7 +56,8 @@ logger = logging.getLogger("flameup_analytics")
 DEFAULT_HOST = _config.DEFAULT_HOST
 USER_AGENT = (
     f"flameup-analytics-python/{__version__} "
-    f"(python {platform.python_version()}; {platform.system().lower() or 'unknown'})"
+    # What platform.python_version() and platform.system() answer, without importing platform.
+    f"(python {sys.version.split()[0]}; {os.uname().sysname.lower() if hasattr(os, 'uname') else 'windows'})"
 )
 _UNSET: Any = object()
 

@@ -19,7 +19,6 @@ import base64
 import json
 import logging
 import os
-import ssl
 import threading
 import time
 import urllib.parse
@@ -33,6 +32,7 @@ from .errors import ConfigurationError, TransportError
 
 if TYPE_CHECKING:
     import http.client
+    import ssl
 
     from ._http_client import Connection, LimitedSocket
 
@@ -112,6 +112,8 @@ def configured_ca_bundle() -> str | None:
 def tls_context(ca_bundle: str | None = None) -> ssl.SSLContext:
     """Verification against ``ca_bundle`` (a PEM file or a directory of hashed certificates), else
     against the bundle ``requests`` ships (certifi)."""
+    import ssl  # here, not at the top: only the first TLS connection needs it
+
     if ca_bundle and os.path.isdir(ca_bundle):
         return ssl.create_default_context(capath=ca_bundle)
     if not ca_bundle:
@@ -123,6 +125,8 @@ def tls_context(ca_bundle: str | None = None) -> ssl.SSLContext:
 
 
 def _unverified_context() -> ssl.SSLContext:
+    import ssl
+
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE

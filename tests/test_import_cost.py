@@ -1,5 +1,5 @@
 """What ``import flameup_analytics`` loads: nothing that only some programs need. Checked in a fresh
-interpreter, by the modules it leaves out (structure, not timing: docs/benchmarks.md times it)."""
+interpreter, by the modules it leaves out (structure, not timing: bench/bench_delivery.py times it)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ import sys
 
 import pytest
 
-#: Loaded on first use only: ``requests`` and ``urllib3`` by ``RequestsTransport`` and by the default
-#: transport's proxy and CA bundle lookups, ``http.client`` by its first connection (both on the
-#: worker's thread), ``asyncio`` by ``aflush()``, ``msgpack`` by the spool's first record, ``decimal``
-#: and ``uuid`` never by the SDK (a value of theirs exists only once the app imported them).
-DEFERRED = ["requests", "urllib3", "asyncio", "http.client", "msgpack", "decimal", "uuid"]
+#: Modules a program pays for only when it uses what needs them: ``requests`` and ``urllib3`` for
+#: ``RequestsTransport`` and the default transport's proxy and CA bundle lookups, ``http.client`` for
+#: its first connection (both on the worker's thread), ``asyncio`` for ``aflush()``, ``msgpack`` for
+#: the spool's first record. The SDK itself never needs ``decimal`` and ``uuid`` (a value of theirs
+#: exists only once the app imported them), nor ``platform``.
+DEFERRED = ["requests", "urllib3", "asyncio", "http.client", "msgpack", "decimal", "uuid", "platform"]
 
 
 def loaded_after(code: str) -> set[str]:
