@@ -6,7 +6,6 @@ A frozen value object (like urllib3's ``Retry``): share one between clients, der
 
 from __future__ import annotations
 
-import email.utils
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -71,6 +70,8 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     value = value.strip()
     if value.isdigit():
         return float(value)
+    import email.utils  # here: an HTTP date is rare, and the email package costs ms at import
+
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):

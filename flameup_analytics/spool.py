@@ -19,11 +19,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import logging
 import os
-import secrets
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -102,6 +99,9 @@ def default_directories(host: str, workspace_id: str | None) -> tuple[Path, Path
     """Where a client's spool goes by default, in order of preference: ``$XDG_CACHE_HOME`` (or
     ``~/.cache``)/flameup-analytics/<hash of host and workspace>, then the same under the system
     temp directory, for where home is not writable (AWS Lambda). Nothing is created here."""
+    import hashlib  # here, with tempfile: a client is made once, the package imported by every process
+    import tempfile
+
     digest = hashlib.sha256(f"{host}\n{workspace_id or ''}".encode()).hexdigest()[:12]
     cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return (
@@ -139,7 +139,7 @@ class DiskSpool:
         self.max_bytes = max_bytes
         self.segment_bytes = segment_bytes
         self._lock = threading.Lock()
-        self._writer_token = secrets.token_hex(4)
+        self._writer_token = os.urandom(4).hex()
         self._segment_number = 0
         #: The highest segment sequence number this process has used.
         self._sequence = 0
@@ -306,7 +306,7 @@ class DiskSpool:
                 os.close(fd)
         self._fd = self._segment = None
         self._detached = []
-        self._writer_token = secrets.token_hex(4)
+        self._writer_token = os.urandom(4).hex()
         self._segment_number = 0
         self._used = None
 
