@@ -62,6 +62,18 @@ def choice(option: str, value: Any, allowed: tuple[str, ...]) -> Any:
     return value
 
 
+def fsync(value: Any, delivery: str) -> Any:
+    """When relay mode's appends reach the disk. Only relay mode appends per call: the in-process
+    spool already fsyncs each segment it seals, so anything but "never" needs delivery="relay"."""
+    mode = choice("fsync", value, ("never", "interval", "always"))
+    require(
+        mode == "never" or delivery == "relay",
+        f"fsync={mode!r} applies to delivery='relay' only (the in-process spool fsyncs what it seals)",
+        "fsync",
+    )
+    return mode
+
+
 def optional_callable(option: str, value: Any) -> Any:
     if value is not None and not callable(value):
         raise ConfigurationError(f"{option} must be callable, not {type(value).__name__}", option=option)

@@ -45,7 +45,7 @@ from .message import (
     with_json_default,
 )
 from .queue import MessageQueue
-from .relay import RelayWriter
+from .relay import Fsync, RelayWriter
 from .retry import RetryPolicy
 from .spool import DEFAULT_MAX_BYTES, DiskSpool, NoSpool, default_directories
 from .transport import HTTPTransport, Request, Transport
@@ -103,7 +103,8 @@ class Client:
     - ``default_parameters``: merged into every ``track``'s parameters (the call's keys win).
     - ``json_default``: converts values the SDK has no JSON form for (like ``json.dumps``).
     - ``delivery`` (``"in_process"``): ``"relay"`` appends each message to this process's segment
-      in the spool directory, for a relay process to deliver (docs/relay.md).
+      in the spool directory, for a relay process to deliver (docs/relay.md); ``fsync``
+      (``"never"``, ``"interval"``, ``"always"``): when those appends reach the disk.
     - ``proxies`` (``{"https": "http://proxy:3128"}``, replacing the environment's) and ``verify``
       (True, False, or a CA bundle's path): the default transport's, for every call.
     - ``sync_mode``, ``disabled``, ``debug``, ``handle_signals``, ``transport``,
@@ -142,6 +143,7 @@ class Client:
         default_parameters: Mapping[str, Any] | None = None,
         json_default: Convert | None = None,
         delivery: Literal["in_process", "relay"] = "in_process",
+        fsync: Fsync = "never",
         proxies: Mapping[str, str | None] | None = None,
         verify: bool | str | os.PathLike[str] = True,
     ) -> None:
@@ -211,6 +213,7 @@ class Client:
             directory = default_directories(self.host, self.workspace_id) if spool_dir is None else spool_dir
             self._spool = DiskSpool(directory, max_bytes=max_spool_bytes)
         self.delivery = _config.choice("delivery", delivery, ("in_process", "relay"))
+        self.fsync: Fsync = _config.fsync(fsync, self.delivery)
         #: Relay mode's writer (docs/relay.md); None in the in-process mode.
         self.relay: RelayWriter | None = None
         if self.delivery == "relay" and not disabled:
@@ -249,7 +252,7 @@ class Client:
         environment = {"FLAMEUP_API_KEY": self.api_key, "FLAMEUP_HOST": self.host}
         if self.workspace_id is not None:
             environment["FLAMEUP_WORKSPACE_ID"] = self.workspace_id
-        return RelayWriter(self._spool, environment)
+        return RelayWriter(self._spool, environment, fsync=self.fsync, ordering=self.ordering)
 
     def _reroute(self) -> None:
         """Recompute the hot path's flag, as a capture begins or ends."""
@@ -662,7 +665,11 @@ class Client:
         corrupt = self._spool.corrupt if self._spool is not None else 0
         concurrency = worker.concurrency_limit if worker else 0
         return self._ledger.snapshot(
-            queued=queued, enqueued=enqueued, corrupt=corrupt, concurrency=concurrency
+            queued=queued,
+            enqueued=enqueued,
+            corrupt=corrupt,
+            concurrency=concurrency,
+            relay=None if self.relay is None else self.relay.stats(),
         )
 
     def __enter__(self) -> Client:

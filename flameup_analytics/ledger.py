@@ -11,12 +11,15 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from .delivery import Outcome, Result
 from .errors import DeliveryError, FlameupError
 from .message import Message, Queued, public
 from .spool import Spool
+
+if TYPE_CHECKING:
+    from .relay import RelayStats
 
 logger = logging.getLogger("flameup_analytics")
 
@@ -96,6 +99,10 @@ class Stats:
     concurrency: int = 0
     #: Dropped by the client's ``before_send`` (it returned None): on purpose, never an error.
     filtered: int = 0
+    #: Relay mode (``delivery="relay"``): this process's appends and the relay's counters; None in
+    #: the in-process mode. The fields above count only what the in-process worker handles
+    #: there: the messages that fell back to it (``relay.fallbacks``).
+    relay: RelayStats | None = None
 
 
 class Ledger:
@@ -125,7 +132,9 @@ class Ledger:
         #: Rejections counted since the last warning about them, and when that was, by status.
         self._rejections: dict[int | None, tuple[int, float]] = {}
 
-    def snapshot(self, queued: int, enqueued: int, corrupt: int, concurrency: int = 0) -> Stats:
+    def snapshot(
+        self, queued: int, enqueued: int, corrupt: int, concurrency: int = 0, relay: RelayStats | None = None
+    ) -> Stats:
         with self._lock:
             return Stats(
                 queued=queued,
@@ -140,6 +149,7 @@ class Ledger:
                 corrupt=corrupt,
                 concurrency=concurrency,
                 filtered=self.filtered,
+                relay=relay,
             )
 
     def count_retry(self) -> None:

@@ -37,6 +37,7 @@ except ImportError:  # Windows: no relay mode (Client refuses it)
     fcntl = None  # type: ignore[assignment]
 
 from ._spool_format import decode_ack, encode_record
+from .lanes import Ordering
 from .message import Queued
 from .spool import DEFAULT_SEGMENT_BYTES, DiskSpool, ack_path, measure, open_segment, reachable
 
@@ -56,21 +57,74 @@ _RETRY_INTERVAL = 1.0
 #: Not more than one relay started per this long by one process (a relay takes time to elect itself).
 _START_INTERVAL = 2.0
 
+#: When relay mode's appends reach the disk (docs/relay.md, "The guarantees"): ``"never"`` (the
+#: kernel writes them back when it will), ``"interval"`` (the checker thread, at most every
+#: ``CHECK_INTERVAL``), ``"always"`` (after each append, in the caller's thread).
 Fsync = Literal["never", "interval", "always"]
 
 
 @dataclass(frozen=True)
 class RelayStats:
-    """Relay mode's counters: this process's writes, and the relay's status."""
+    """Relay mode's counters (``client.stats().relay``): this process's writes, and the counters
+    of the directory's relay as its status file (``relay.json``) last gave them.
 
-    #: Records this process appended to its relay segments.
+    The relay's counters cover every process writing to the directory, since that relay started
+    (a new relay starts again from 0); they are 0, and ``updated`` None, until a relay wrote its
+    status."""
+
+    #: Records this process appended to its relay segments (not counted in ``Stats.enqueued``).
     written: int
-    #: Messages that went to the in-process worker instead (the directory full or unwritable).
+    #: Messages that went to the in-process worker instead (the directory full or unwritable):
+    #: counted in ``Stats.enqueued`` and the rest of ``Stats`` like any in-process message.
     fallbacks: int
     #: Relays this process started.
     relays_started: int
-    #: The relay's status file (see ``flameup-analytics relay status``), or None without one.
-    relay: dict[str, Any] | None
+    #: The pid of the relay holding the directory's election lock now (0 for the moment one takes
+    #: it); None when none runs.
+    pid: int | None
+    #: Records the relay saw accepted by the API (2xx).
+    delivered: int = 0
+    #: Records the API refused for good (a final 4xx).
+    rejected: int = 0
+    #: Retry attempts the relay made.
+    retried: int = 0
+    #: Records waiting in the directory's segments (after their acks), and their bytes.
+    backlog_records: int = 0
+    backlog_bytes: int = 0
+    #: When the oldest waiting record was written (Unix time); None when nothing waits.
+    backlog_oldest: float | None = None
+    #: Records delivered per second, over the relay's last status interval.
+    delivery_rate: float = 0.0
+    #: The relay's adaptive limit on requests in flight.
+    concurrency: int = 0
+    #: The relay's last delivery error, and when (Unix time); None when it had none.
+    last_error: str | None = None
+    last_error_at: float | None = None
+    #: When the relay wrote these counters (Unix time); None when there is no status file.
+    updated: float | None = None
+
+    @classmethod
+    def of(cls, written: int, fallbacks: int, relays_started: int, directory: Path) -> RelayStats:
+        """This process's counters, with the relay's read from ``directory``."""
+        status = read_status(directory) or {}
+        backlog = status.get("backlog") or {}
+        return cls(
+            written,
+            fallbacks,
+            relays_started,
+            relay_pid(directory),
+            delivered=status.get("delivered", 0),
+            rejected=status.get("rejected", 0),
+            retried=status.get("retried", 0),
+            backlog_records=backlog.get("records", 0),
+            backlog_bytes=backlog.get("bytes", 0),
+            backlog_oldest=backlog.get("oldest"),
+            delivery_rate=status.get("delivery_rate", 0.0),
+            concurrency=status.get("concurrency", 0),
+            last_error=status.get("last_error"),
+            last_error_at=status.get("last_error_at"),
+            updated=status.get("updated"),
+        )
 
 
 class RelayWriter:
@@ -85,6 +139,7 @@ class RelayWriter:
         *,
         segment_bytes: int = DEFAULT_SEGMENT_BYTES,
         fsync: Fsync = "never",
+        ordering: Ordering = "relaxed",
         start_relay: bool = True,
     ) -> None:
         #: Chooses and makes the directory, and knows the cap the relay segments count against.
@@ -92,6 +147,8 @@ class RelayWriter:
         self._environment = environment
         self._segment_bytes = segment_bytes
         self._fsync = fsync
+        #: The ordering of a relay this writer starts (a running relay keeps its own).
+        self._ordering = ordering
         self._start_relay = start_relay
         self._lock = threading.Lock()
         self._fd = -1
@@ -112,6 +169,10 @@ class RelayWriter:
         #: Descriptors taken out of use, and since when: closed (sealed) after ``_CLOSE_DELAY``.
         self._retired: list[tuple[float, int]] = []
         self._warned = False
+        #: ``fsync="interval"``: ``written`` at the last sync, and whether a segment was created
+        #: since the last check (its directory entry must reach the disk too).
+        self._synced = 0
+        self._unsynced_segment = False
         self._last_start = -_START_INTERVAL
         self._children: list[Any] = []
         self.written = 0
@@ -178,6 +239,9 @@ class RelayWriter:
             self._segments.append(path)
             self._fd, self._path, self._written_bytes = fd, path, 0
             self._limit = min(self._segment_bytes, room)
+            self._unsynced_segment = True
+        if self._fsync == "always":
+            self._sync_directory()
         self._ensure_checker()
         return fd
 
@@ -222,24 +286,47 @@ class RelayWriter:
             self._stop.wait(CHECK_INTERVAL)
 
     def check(self) -> None:
-        """Seal retired segments, move off a segment whose directory was removed, sync
-        (``fsync="interval"``), and start a relay if none runs while this process has records."""
+        """Seal retired segments, move off a segment whose directory was removed, sync what was
+        written since the last check (``fsync="interval"``), and start a relay if none runs while
+        this process has records."""
         now = time.monotonic()
         with self._lock:
             due = [fd for since, fd in self._retired if now - since >= _CLOSE_DELAY]
             self._retired = [(since, fd) for since, fd in self._retired if now - since < _CLOSE_DELAY]
             if self._fd >= 0 and self._path is not None and not reachable(self._fd, self._path):
                 self._retire()
-            current = self._fd
+            # Retired segments too: records reach them until the moment they are retired.
+            unsynced = [fd for _, fd in self._retired] + ([self._fd] if self._fd >= 0 else [])
+            # Claimed under the lock, so two checks at once never sync the same writes twice.
+            written, new_segment = self.written, self._unsynced_segment
+            dirty = written != self._synced or new_segment
+            self._synced, self._unsynced_segment = written, False
+        if self._fsync == "interval" and dirty:
+            self._sync(unsynced, directory=new_segment)
         for fd in due:
-            _seal(fd)
-        if current >= 0 and self._fsync == "interval":
-            with contextlib.suppress(OSError):
-                os.fsync(current)
+            _seal(fd, durable=self._fsync != "never")
         self._children = [child for child in self._children if child.poll() is None]
         if self._start_relay and now - self._last_start >= _START_INTERVAL and self._needs_relay():
             self._last_start = now
             self._launch()
+
+    def _sync(self, descriptors: list[int], *, directory: bool) -> None:
+        """``fsync="interval"``: the segments written since the last check to the disk, and the
+        directory when a segment was created (an idle client syncs nothing)."""
+        if directory:
+            self._sync_directory()
+        for fd in descriptors:
+            with contextlib.suppress(OSError):
+                os.fsync(fd)
+
+    def _sync_directory(self) -> None:
+        """A new segment's name reaches the disk only with its directory's."""
+        with contextlib.suppress(OSError):
+            fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
     def _needs_relay(self) -> bool:
         """Whether a segment of this process is open or not yet delivered, and no relay runs."""
@@ -258,7 +345,7 @@ class RelayWriter:
             [package_root, *filter(None, [environment.get("PYTHONPATH")])]
         )
         command = [sys.executable, "-m", "flameup_analytics", "relay", "--dir", str(self.directory)]
-        command += ["--exit-when-idle", str(AUTO_RELAY_IDLE_EXIT)]
+        command += ["--exit-when-idle", str(AUTO_RELAY_IDLE_EXIT), "--ordering", self._ordering]
         try:
             with open(self.directory / LOG_NAME, "ab") as log:
                 child = subprocess.Popen(
@@ -305,7 +392,7 @@ class RelayWriter:
             wait = min(wait * 2, 0.05)
 
     def stats(self) -> RelayStats:
-        return RelayStats(self.written, self.fallbacks, self.relays_started, read_status(self.directory))
+        return RelayStats.of(self.written, self.fallbacks, self.relays_started, self.directory)
 
     def close(self) -> None:
         """Seal every segment now (the relay delivers them; this process does not wait)."""
@@ -315,6 +402,8 @@ class RelayWriter:
             retired, self._retired = self._retired, []
         for _, fd in retired:
             _seal(fd, durable=self._fsync != "never")
+        if self._fsync != "never":
+            self._sync_directory()
 
     def after_fork_in_child(self) -> None:
         """The child writes its own segments: forget the parent's without touching them (its
@@ -326,7 +415,8 @@ class RelayWriter:
         self._fd, self._path, self._retired, self._segments = -1, None, [], []
         self._writer, self._number = secrets.token_hex(4), 0
         self._children = []
-        self.written = self.fallbacks = self.relays_started = 0
+        self.written = self.fallbacks = self.relays_started = self._synced = 0
+        self._unsynced_segment = False
         self._stop = threading.Event()
         self._checker = None
 

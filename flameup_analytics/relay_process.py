@@ -26,6 +26,7 @@ from ._spool_format import SEGMENT_SUFFIX, Record, appended, backlog_of
 from .client import Client
 from .connections import carrier_for
 from .errors import FlameupError
+from .lanes import Ordering
 from .ledger import Ledger
 from .message import Message
 from .queue import MessageQueue
@@ -171,6 +172,7 @@ class Relay:
         workspace_id: str | None = None,
         host: str | None = None,
         max_concurrency: int = 128,
+        ordering: Ordering = "relaxed",
         timeout: float = 10.0,
         poll_interval: float = 0.02,
         rescan_interval: float = 1.0,
@@ -185,6 +187,7 @@ class Relay:
             workspace_id,
             host=host,
             max_concurrency=max_concurrency,
+            ordering=ordering,
             timeout=timeout,
             spool_dir=False,
         )
@@ -201,6 +204,7 @@ class Relay:
             batch_size=100,
             flush_interval=0.05,
             max_concurrency=max_concurrency,
+            ordering=self._client.ordering,
             spool=self._spool,
             # Passes are asked for by the loop; the worker's own schedule is the backoff's cap.
             replay_interval=30.0,

@@ -13,6 +13,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -20,11 +21,12 @@ import pytest
 import flameup_analytics as fa
 from flameup_analytics._spool_format import appended, encode_record
 from flameup_analytics.cli import main
+from flameup_analytics.lanes import Ordering
 from flameup_analytics.message import STANDARD, Message, track_body
-from flameup_analytics.relay import RelayWriter, read_status, relay_pid
+from flameup_analytics.relay import Fsync, RelayWriter, read_status, relay_pid
 from flameup_analytics.relay_process import Relay, RelaySpool, backlog
 from flameup_analytics.spool import DiskSpool, read_ack
-from flameup_analytics.testing import LocalServer
+from flameup_analytics.testing import Fault, LocalServer
 
 from .conftest import API_KEY, WORKSPACE, wait_until
 
@@ -67,10 +69,16 @@ def _stop_relays(directory: Path) -> None:
         threading.Event().wait(0.05)
 
 
-@pytest.fixture
-def relay_in_thread(server: LocalServer, tmp_path: Path) -> Iterator[Relay]:
+@contextmanager
+def _running_relay(server: LocalServer, directory: Path, ordering: Ordering = "relaxed") -> Iterator[Relay]:
+    """A relay for ``directory`` in a thread of this process (so its pid is ours), stopped after."""
     relay = Relay(
-        tmp_path / "spool", api_key=API_KEY, workspace_id=WORKSPACE, host=server.url, rescan_interval=0.1
+        directory,
+        api_key=API_KEY,
+        workspace_id=WORKSPACE,
+        host=server.url,
+        ordering=ordering,
+        rescan_interval=0.1,
     )
     thread = threading.Thread(target=relay.run, daemon=True)
     thread.start()
@@ -79,6 +87,12 @@ def relay_in_thread(server: LocalServer, tmp_path: Path) -> Iterator[Relay]:
     relay.stop()
     thread.join(15)
     assert not thread.is_alive()
+
+
+@pytest.fixture
+def relay_in_thread(server: LocalServer, tmp_path: Path) -> Iterator[Relay]:
+    with _running_relay(server, tmp_path / "spool") as relay:
+        yield relay
 
 
 # --- the record format: a segment still being written ---------------------------------------------
@@ -161,7 +175,7 @@ def test_the_relay_reports_its_status_and_the_command_line_shows_it(
         writer.append(_message(number))
     assert writer.flush(timeout=20)
     assert wait_until(lambda: (read_status(relay_in_thread.directory) or {}).get("delivered") == 20)
-    status = writer.stats().relay
+    status = read_status(relay_in_thread.directory)
     assert status is not None and status["pid"] == os.getpid() and status["backlog"]["records"] == 0
     assert main(["relay", "status", "--dir", str(relay_in_thread.directory)]) == 0
     shown = capsys.readouterr().out
@@ -303,6 +317,10 @@ def test_at_the_spool_cap_messages_go_to_the_in_process_worker_and_none_is_lost(
         ({"delivery": "sidecar"}, "delivery"),
         ({"delivery": "relay", "sync_mode": True}, "delivery"),
         ({"delivery": "relay", "spool_dir": False}, "spool_dir"),
+        ({"delivery": "relay", "fsync": "sometimes"}, "fsync"),
+        ({"delivery": "relay", "fsync": True}, "fsync"),
+        ({"fsync": "always"}, "fsync"),  # the in-process mode has no per-call append to sync
+        ({"delivery": "in_process", "fsync": "interval"}, "fsync"),
     ],
 )
 def test_unusable_relay_options_are_refused_naming_the_option(
@@ -311,6 +329,160 @@ def test_unusable_relay_options_are_refused_naming_the_option(
     with pytest.raises(fa.ConfigurationError) as raised:
         fa.Client(API_KEY, WORKSPACE, **options)  # type: ignore[arg-type]
     assert raised.value.option == option
+
+
+# --- fsync ------------------------------------------------------------------------------------------------
+
+
+class _Syncs:
+    """``os.fsync``, observed: for each call, the calling thread and the inode and size synced."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls: list[tuple[int, int, int]] = []
+        real = os.fsync
+
+        def fsync(fd: int) -> None:
+            synced = os.fstat(fd)
+            self.calls.append((threading.get_ident(), synced.st_ino, synced.st_size))
+            real(fd)
+
+        monkeypatch.setattr(os, "fsync", fsync)
+
+    def of(self, path: Path, *, by_this_thread: bool | None = None) -> list[int]:
+        """The sizes ``path`` had at each of its syncs (made by this thread, or by others)."""
+        inode, me = path.stat().st_ino, threading.get_ident()
+        return [
+            size
+            for thread, synced, size in self.calls
+            if synced == inode and (by_this_thread is None or (thread == me) == by_this_thread)
+        ]
+
+
+def _only_segment(directory: Path) -> Path:
+    (segment,) = DiskSpool(directory).segments()
+    return segment
+
+
+def test_fsync_always_syncs_each_append_in_the_callers_thread_and_a_new_segments_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    syncs = _Syncs(monkeypatch)
+    writer = RelayWriter(DiskSpool(tmp_path), {}, fsync="always", start_relay=False)
+    for number in range(5):
+        writer.append(_message(number))
+    segment = _only_segment(tmp_path)
+    ends = [record.end for record in appended(segment.read_bytes(), 0)[0]]
+    assert syncs.of(segment, by_this_thread=True) == ends, "one sync per append, each after its write"
+    assert len(syncs.of(tmp_path, by_this_thread=True)) == 1
+    writer.close()
+
+
+def test_fsync_interval_syncs_off_the_callers_thread_and_only_what_was_written_since_the_last_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    syncs = _Syncs(monkeypatch)
+    writer = RelayWriter(DiskSpool(tmp_path), {}, fsync="interval", start_relay=False)
+    for number in range(200):
+        writer.append(_message(number))
+    segment = _only_segment(tmp_path)
+    size = segment.stat().st_size
+    # The checker thread syncs what was written, and the directory that got a new segment.
+    assert wait_until(lambda: size in syncs.of(segment))
+    assert syncs.of(tmp_path)
+    assert syncs.of(segment, by_this_thread=True) == [], "never a sync in the caller's thread"
+    synced = len(syncs.of(segment))
+    writer.check()
+    writer.check()
+    assert len(syncs.of(segment)) == synced, "nothing written since: nothing synced"
+    writer.append(_message(200))
+    assert wait_until(lambda: segment.stat().st_size in syncs.of(segment))
+    writer.check()
+    assert len(syncs.of(segment)) == synced + 1
+    assert syncs.of(segment, by_this_thread=True) in ([], [segment.stat().st_size])  # by our check()
+    writer.close()
+
+
+@pytest.mark.parametrize("fsync", ["never", "interval", "always"])
+def test_closing_seals_the_segment_durably_unless_fsync_is_never(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fsync: Fsync
+) -> None:
+    syncs = _Syncs(monkeypatch)
+    writer = RelayWriter(DiskSpool(tmp_path), {}, fsync=fsync, start_relay=False)
+    for number in range(3):
+        writer.append(_message(number))
+    segment = _only_segment(tmp_path)
+    writer.close()
+    if fsync == "never":
+        assert syncs.calls == []
+    else:
+        assert syncs.of(segment)[-1] == segment.stat().st_size
+
+
+def test_a_client_passes_fsync_to_its_relay_writer(
+    server: LocalServer, relay_in_thread: Relay, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    syncs = _Syncs(monkeypatch)
+    client = fa.Client(
+        API_KEY,
+        WORKSPACE,
+        host=server.url,
+        spool_dir=relay_in_thread.directory,
+        delivery="relay",
+        fsync="always",
+    )
+    try:
+        for number in range(3):
+            client.track("u", "e", idempotency_key=f"s{number}")
+        segment = _only_segment(relay_in_thread.directory)
+        assert len(syncs.of(segment, by_this_thread=True)) == 3
+        assert client.flush(timeout=20)
+    finally:
+        client.shutdown()
+
+
+# --- stats -----------------------------------------------------------------------------------------------
+
+
+def test_stats_show_the_relays_counters_beside_the_process_own(
+    server: LocalServer, relay_in_thread: Relay
+) -> None:
+    server.add_fault(Fault(status=422, times=2, kind="track"))
+    client = _relay_client(server, relay_in_thread.directory)
+    try:
+        for number in range(20):
+            client.track("u", "e", {"n": number}, idempotency_key=f"st{number}")
+        assert client.flush(timeout=20)
+
+        def relay_counted() -> bool:
+            relay = client.stats().relay
+            assert relay is not None
+            return (relay.delivered, relay.rejected, relay.backlog_records) == (18, 2, 0)
+
+        assert wait_until(relay_counted)  # the relay rewrites its status every second
+        stats = client.stats()
+        assert stats.relay is not None
+        assert (stats.relay.written, stats.relay.fallbacks, stats.relay.relays_started) == (20, 0, 0)
+        assert stats.relay.pid == os.getpid()  # the relay runs in a thread of this test
+        assert stats.relay.concurrency >= 1 and stats.relay.updated is not None
+        assert stats.relay.last_error is not None and "422" in stats.relay.last_error
+        assert stats.relay.last_error_at is not None
+        # The process's own counters keep their meaning: its worker handled nothing.
+        assert (stats.enqueued, stats.delivered, stats.rejected) == (0, 0, 0)
+    finally:
+        client.shutdown()
+
+
+def test_stats_without_a_relay_running_say_so_and_the_in_process_mode_has_none(tmp_path: Path) -> None:
+    writer = _writer(tmp_path)
+    writer.append(_message(1))
+    stats = writer.stats()
+    assert stats.written == 1 and stats.pid is None and stats.updated is None and stats.delivered == 0
+    writer.close()
+    client = fa.Client(API_KEY, WORKSPACE, spool_dir=tmp_path / "other")
+    try:
+        assert client.stats().relay is None
+    finally:
+        client.shutdown()
 
 
 # --- real processes, killed -----------------------------------------------------------------------------
@@ -462,3 +634,100 @@ def test_a_forked_child_writes_its_own_segments_and_both_flush(server: LocalServ
     finally:
         client.shutdown()
         _stop_relays(directory)
+
+
+_ORDERED_HOST = textwrap.dedent(
+    """
+    import sys, threading
+    import flameup_analytics as fa
+    directory, host, process, ordering = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+    threads, count, users = int(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7])
+    client = fa.Client(
+        {api_key!r}, {workspace!r}, host=host, spool_dir=directory, delivery="relay", ordering=ordering
+    )
+
+    def run(thread):
+        # Each user's messages come from one thread, so their call order is defined; every
+        # fifth message of a user is an identify.
+        for number in range(count):
+            user, sequence = f"p{{process}}-t{{thread}}-u{{number % users}}", number // users
+            if sequence % 5 == 2:
+                client.identify(user, {{"seq": sequence}})
+            else:
+                client.track(user, "e", {{"seq": sequence}})
+
+    workers = [threading.Thread(target=run, args=(t,)) for t in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    client.shutdown()
+    """
+).format(api_key=API_KEY, workspace=WORKSPACE)
+
+
+def _arrivals_by_user(server: LocalServer) -> dict[str, list[tuple[str, int]]]:
+    """Each user's accepted messages as (kind, sequence), in the order the server received them."""
+    arrivals: dict[str, list[tuple[str, int]]] = collections.defaultdict(list)
+    for request in server.accepted:
+        body = request.json
+        if request.kind == "track":
+            arrivals[body["external_id"]].append(("track", body["parameters"]["seq"]))
+        else:
+            arrivals[body["userId"]].append(("identify", body["traits"]["seq"]))
+    return arrivals
+
+
+def _in_relaxed_order(arrived: list[tuple[str, int]]) -> bool:
+    """An identify never crosses its user's other messages: all those called before it arrived
+    before it, all those called after it arrived after it (tracks between two may overlap)."""
+    position = {sequence: index for index, (_, sequence) in enumerate(arrived)}
+    return all(
+        all(
+            (position[other] < position[sequence]) == (other < sequence)
+            for other in position
+            if other != sequence
+        )
+        for kind, sequence in arrived
+        if kind == "identify"
+    )
+
+
+@pytest.mark.parametrize("ordering", ["relaxed", "strict"])
+def test_8_processes_of_4_threads_into_one_directory_with_one_relay_lose_nothing_and_keep_per_user_order(
+    server: LocalServer, tmp_path: Path, ordering: Ordering
+) -> None:
+    processes, threads, count, users = 8, 4, 50, 5
+    directory = tmp_path / "spool"
+    with _running_relay(server, directory, ordering) as relay:
+        sizes = [str(threads), str(count), str(users)]
+        hosts = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-c",
+                    _ORDERED_HOST,
+                    str(directory),
+                    server.url,
+                    str(process),
+                    ordering,
+                    *sizes,
+                ]
+            )
+            for process in range(processes)
+        ]
+        for host in hosts:
+            assert host.wait(60) == 0
+        total = processes * threads * count
+        assert wait_until(lambda: len(server.accepted) >= total, 60), len(server.accepted)
+        assert wait_until(lambda: not DiskSpool(directory).segments(), 10), "every segment delivered, deleted"
+        assert relay_pid(relay.directory) == os.getpid(), "no other relay was started"
+    assert len(server.accepted) == total and len(server.requests) == total, "each once, none refused"
+    arrivals = _arrivals_by_user(server)
+    assert len(arrivals) == processes * threads * users
+    for user, arrived in arrivals.items():
+        assert sorted(sequence for _, sequence in arrived) == list(range(count // users)), user
+        if ordering == "strict":
+            assert [sequence for _, sequence in arrived] == list(range(count // users)), user
+        else:
+            assert _in_relaxed_order(arrived), (user, arrived)

@@ -27,6 +27,12 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add_connection_options(relay)
     relay.add_argument("--max-concurrency", type=int, default=128, help="most requests in flight")
     relay.add_argument(
+        "--ordering",
+        choices=("relaxed", "strict"),
+        default="relaxed",
+        help="per-user order, as the client option (strict: one message at a time per user)",
+    )
+    relay.add_argument(
         "--drain-timeout", type=float, default=10.0, help="seconds SIGTERM/SIGINT spends delivering"
     )
     relay.add_argument(
@@ -59,6 +65,7 @@ def _run(args: argparse.Namespace) -> int:
     relay = Relay(
         _directory(args),
         max_concurrency=_config.count("max_concurrency", args.max_concurrency, 1),
+        ordering=args.ordering,
         drain_timeout=_config.seconds("drain_timeout", args.drain_timeout, zero_allowed=True),
         exit_when_idle=None
         if args.exit_when_idle is None
