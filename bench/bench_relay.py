@@ -3,6 +3,7 @@
     .venv/bin/python bench/bench_relay.py            # latency, CPU, 50 kill trials: about a minute
     .venv/bin/python bench/bench_relay.py --quick    # fewer calls, 10 trials
     .venv/bin/python bench/bench_relay.py --json     # machine-readable results on stdout
+    .venv/bin/python bench/bench_relay.py --fsync    # only track()'s cost per fsync mode
 
 The local API runs in its own process (``bench_track.ServerProcess``, or one with an answer delay
 for the throughput runs), the relay in its own (as in production, started by the client).
@@ -47,8 +48,10 @@ _KILLED_HOST = textwrap.dedent(
 ).format(api_key=API_KEY, workspace=WORKSPACE_ID)
 
 
-def latency_and_cpu(url: str, directory: Path, calls: int, delivery: str) -> dict[str, Any]:
-    client = Client(API_KEY, WORKSPACE_ID, host=url, spool_dir=directory, delivery=delivery)  # type: ignore[arg-type]
+def latency_and_cpu(
+    url: str, directory: Path, calls: int, delivery: str, fsync: str = "never"
+) -> dict[str, Any]:
+    client = Client(API_KEY, WORKSPACE_ID, host=url, spool_dir=directory, delivery=delivery, fsync=fsync)  # type: ignore[arg-type]
     try:
         # Steady state: the relay (started by the first write) is up before anything is timed.
         client.track("warmup", "e")
@@ -70,6 +73,17 @@ def latency_and_cpu(url: str, directory: Path, calls: int, delivery: str) -> dic
         "track_us": percentiles(samples),
         "cpu_us_per_event": sdk_cpu / calls * 1e6,
         "flushed": flushed,
+    }
+
+
+def fsync_costs(url: str, scratch: Path, calls: int) -> dict[str, Any]:
+    """track()'s latency and this process's CPU per event in relay mode, for each fsync mode
+    ("always" with at most 5,000 calls: each one waits for the disk)."""
+    return {
+        mode: latency_and_cpu(
+            url, scratch / f"fsync-{mode}", min(calls, 5_000) if mode == "always" else calls, "relay", mode
+        )
+        for mode in ("never", "interval", "always")
     }
 
 
@@ -178,8 +192,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--fsync", action="store_true", help="only track()'s cost per fsync mode")
     args = parser.parse_args(argv)
     calls, trials, events = (20_000, 10, 5_000) if args.quick else (100_000, 50, 20_000)
+    if args.fsync:
+        with ServerProcess() as server, tempfile.TemporaryDirectory() as scratch:
+            costs = fsync_costs(server.url, Path(scratch), calls)
+        if args.json:
+            print(json.dumps(costs, indent=2))
+            return 0
+        for mode, cost in costs.items():
+            track = cost["track_us"]
+            print(
+                f"fsync={mode}: track() p50 {track['p50']:.1f} us, p99 {track['p99']:.1f} us, "
+                f"p99.9 {track['p99.9']:.1f} us; host CPU per event {cost['cpu_us_per_event']:.1f} us"
+            )
+        return 0
     with ServerProcess() as server, tempfile.TemporaryDirectory() as scratch:
         results: dict[str, Any] = latency_and_cpu(server.url, Path(scratch) / "latency", calls, "relay")
         # The default mode, same loop and server, for comparison on this (shared) machine.
