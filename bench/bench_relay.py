@@ -66,9 +66,7 @@ def latency_and_cpu(
         flushed = client.flush(timeout=120)
     finally:
         client.shutdown()
-    pid = relay_pid(directory)
-    if pid:
-        os.kill(pid, signal.SIGTERM)
+    _stop_relay(directory)
     return {
         "track_us": percentiles(samples),
         "cpu_us_per_event": sdk_cpu / calls * 1e6,
@@ -176,12 +174,21 @@ def throughput(directory: Path, events: int, latency: float, delivery: str) -> f
         elapsed = time.monotonic() - started
     finally:
         client.shutdown()
-        pid = relay_pid(directory)
-        if pid:
-            os.kill(pid, signal.SIGTERM)
+        _stop_relay(directory)
         server.stdin.close()
         server.wait(30)
     return events / elapsed if flushed else 0.0
+
+
+def _stop_relay(directory: Path) -> None:
+    """SIGTERM the directory's relay and wait until it is gone (it writes its status as it ends:
+    the directory must not be removed under it)."""
+    pid = relay_pid(directory)
+    if pid:
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    while relay_pid(directory) is not None and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def _segments(directory: Path) -> int:
