@@ -23,7 +23,6 @@ import errno
 import json
 import logging
 import os
-import secrets
 import sys
 import threading
 import time
@@ -163,7 +162,7 @@ class RelayWriter:
         self._refusal: OSError | None = None
         self._sequence = 0
         self._number = 0
-        self._writer = secrets.token_hex(4)
+        self._writer = os.urandom(4).hex()
         #: Segments this process wrote whose records are not all known final (flush() waits for them).
         self._segments: list[Path] = []
         #: Descriptors taken out of use, and since when: closed (sealed) after ``_CLOSE_DELAY``.
@@ -413,7 +412,7 @@ class RelayWriter:
             with contextlib.suppress(OSError):
                 os.close(fd)
         self._fd, self._path, self._retired, self._segments = -1, None, [], []
-        self._writer, self._number = secrets.token_hex(4), 0
+        self._writer, self._number = os.urandom(4).hex(), 0
         self._children = []
         self.written = self.fallbacks = self.relays_started = self._synced = 0
         self._unsynced_segment = False
