@@ -27,6 +27,7 @@ from .errors import (
 )
 from .ledger import MessageOutcome, Stats
 from .message import Event, Message
+from .relay import RelayStats
 from .retry import RetryPolicy
 from .transport import HTTPTransport, MockTransport, Request, Response, Transport
 
@@ -45,6 +46,7 @@ __all__ = [
     "MessageOutcome",
     "MockTransport",
     "Outcome",
+    "RelayStats",
     "Request",
     "RequestsTransport",
     "Response",

@@ -11,15 +11,13 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from .delivery import Outcome, Result
 from .errors import DeliveryError, FlameupError
 from .message import Message, Queued, public
+from .relay import RelayStats
 from .spool import Spool
-
-if TYPE_CHECKING:
-    from .relay import RelayStats
 
 logger = logging.getLogger("flameup_analytics")
 

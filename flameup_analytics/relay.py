@@ -433,7 +433,8 @@ def relay_pid(directory: Path) -> int | None:
         # A shared lock for a moment: a relay being elected retries its exclusive one meanwhile.
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
-        with contextlib.suppress(OSError, ValueError):
+        # An empty file (IndexError): the relay truncated it and has not written its pid yet.
+        with contextlib.suppress(OSError, ValueError, IndexError):
             return int(os.pread(fd, 32, 0).split()[0])
         return 0  # held, pid not written yet
     except OSError:
