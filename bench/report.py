@@ -1,4 +1,4 @@
-"""Markdown tables from bench_delivery.py's results, for bench/RESULTS.md and docs/benchmarks.md.
+"""Markdown tables from bench_delivery.py's results, for docs/benchmarks.md.
 
     .venv/bin/python bench/report.py bench/results/delivery.json > /tmp/tables.md
 
