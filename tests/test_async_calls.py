@@ -25,7 +25,7 @@ def held_until_the_loop_answers(server: LocalServer) -> Callable[[Awaitable[T]],
 
     def hold(request: ReceivedRequest) -> None:
         arrived.set()
-        release.wait(10)  # longer than the client's timeout: a blocked loop fails the call
+        release.wait(10)  # longer than the client's timeout (5 s): a blocked loop fails the call
 
     server.on_request = hold
 
@@ -54,7 +54,7 @@ def held_until_the_loop_answers(server: LocalServer) -> Callable[[Awaitable[T]],
 def test_asend_transactional_lets_the_loop_run_meanwhile(
     server: LocalServer, make_client: ClientFactory
 ) -> None:
-    client = make_client()
+    client = make_client(timeout=5.0)  # room for a loaded machine; still under the server's hold
     run = held_until_the_loop_answers(server)
     answer = asyncio.run(run(client.asend_transactional("user_1", "welcome", "email", {"name": "Jane"})))
     assert answer["status"] == "queued"
@@ -63,7 +63,7 @@ def test_asend_transactional_lets_the_loop_run_meanwhile(
 
 
 def test_aget_person_lets_the_loop_run_meanwhile(server: LocalServer, make_client: ClientFactory) -> None:
-    client = make_client(sync_mode=True)
+    client = make_client(sync_mode=True, timeout=5.0)
     client.identify("user_1", {"plan": "pro"})
     run = held_until_the_loop_answers(server)
     person = asyncio.run(run(client.aget_person("user_1")))
