@@ -481,7 +481,10 @@ def test_segments_filled_by_callers_are_sealed_by_the_worker(
 
     monkeypatch.setattr(os, "fsync", recording_fsync)
     server.latency = 0.3  # slow answers: the queue of one fills at once; the worker turns between them
-    client = make_client(spool_dir=tmp_path / "spool", max_queue_size=1, flush_at=1)
+    # One request in flight at a time: the others stay in the queue of one, so the calls spill.
+    client = make_client(
+        spool_dir=tmp_path / "spool", max_queue_size=1, flush_at=1, max_concurrency=1, ordering="strict"
+    )
     assert client._spool is not None
     client._spool.segment_bytes = 300  # a few records fill a segment
     for n in range(20):

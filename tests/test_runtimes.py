@@ -142,9 +142,11 @@ def test_handle_signals_chains_the_handler_already_installed(server: LocalServer
             sys.exit(0)
         signal.signal(signal.SIGTERM, app_handler)
     """
-    process = spawn(server, prelude, "handle_signals=True")
+    # The flush before the app's handler gets the whole shutdown_timeout: room for a loaded machine
+    # (with 2 s it could end short, and the rest went out together with "stopping").
+    process = spawn(server, prelude, "handle_signals=True, shutdown_timeout=20")
     process.send_signal(signal.SIGTERM)
-    stdout, stderr = process.communicate(timeout=30)
+    stdout, stderr = process.communicate(timeout=60)
     assert process.returncode == 0, stderr
     assert "app handler ran" in stdout
     events = [r.json["event"] for r in server.tracks()]
