@@ -45,6 +45,9 @@ logger = logging.getLogger("flameup_analytics")
 LOCK_NAME = "relay.lock"
 STATUS_NAME = "relay.json"
 LOG_NAME = "relay.log"
+#: Past this size, relay.log becomes relay.log.1 (replacing the one before) when a client starts a
+#: relay: a directory whose relays come and go for months must not fill its disk with their logs.
+LOG_MAX_BYTES = 1024 * 1024
 #: How often a client checks that a relay runs (and starts one), and seals what it filled.
 CHECK_INTERVAL = 0.5
 #: A relay a client started exits after this long with nothing left to deliver and no writer.
@@ -345,6 +348,7 @@ class RelayWriter:
         )
         command = [sys.executable, "-m", "flameup_analytics", "relay", "--dir", str(self.directory)]
         command += ["--exit-when-idle", str(AUTO_RELAY_IDLE_EXIT), "--ordering", self._ordering]
+        rotate_log(self.directory / LOG_NAME)
         try:
             with open(self.directory / LOG_NAME, "ab") as log:
                 child = subprocess.Popen(
@@ -421,6 +425,13 @@ class RelayWriter:
 
 
 # --- what anyone may ask about a directory's relay -------------------------------------------------
+
+
+def rotate_log(path: Path) -> None:
+    """Move ``path`` to ``<path>.1`` if it is larger than :data:`LOG_MAX_BYTES` (best effort)."""
+    with contextlib.suppress(OSError):
+        if path.stat().st_size > LOG_MAX_BYTES:
+            os.replace(path, path.with_name(path.name + ".1"))
 
 
 def relay_pid(directory: Path) -> int | None:

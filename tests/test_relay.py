@@ -23,7 +23,15 @@ from flameup_analytics._spool_format import appended, encode_record
 from flameup_analytics.cli import main
 from flameup_analytics.lanes import Ordering
 from flameup_analytics.message import STANDARD, Message, track_body
-from flameup_analytics.relay import Fsync, RelayWriter, read_status, relay_pid
+from flameup_analytics.relay import (
+    LOG_MAX_BYTES,
+    LOG_NAME,
+    Fsync,
+    RelayWriter,
+    read_status,
+    relay_pid,
+    rotate_log,
+)
 from flameup_analytics.relay_process import Relay, RelaySpool, backlog
 from flameup_analytics.spool import DiskSpool, read_ack
 from flameup_analytics.testing import Fault, LocalServer
@@ -245,6 +253,28 @@ def test_a_client_in_relay_mode_starts_a_detached_relay_and_flush_waits_for_its_
     assert wait_until(lambda: relay_pid(directory) is None, 15)
     assert read_status(directory)["state"] == "stopped"  # type: ignore[index]
     _stop_relays(directory)
+
+
+def test_a_client_starting_a_relay_rotates_a_large_relay_log_and_keeps_a_small_one(
+    server: LocalServer, tmp_path: Path
+) -> None:
+    directory = tmp_path / "spool"
+    directory.mkdir()
+    log, old = directory / LOG_NAME, directory / (LOG_NAME + ".1")
+    log.write_bytes(b"x" * 100)
+    rotate_log(log)
+    assert log.stat().st_size == 100 and not old.exists()
+    log.write_bytes(b"from relays long gone\n" * (LOG_MAX_BYTES // 20))
+    large = log.stat().st_size
+    client = _relay_client(server, directory)
+    try:
+        client.track("user_1", "e")
+        assert client.flush(timeout=30)
+    finally:
+        client.shutdown()
+        _stop_relays(directory)
+    assert old.stat().st_size == large
+    assert log.stat().st_size < LOG_MAX_BYTES and b"from relays long gone" not in log.read_bytes()
 
 
 def test_a_killed_relay_is_replaced_by_the_next_check_of_a_client(
