@@ -252,7 +252,9 @@ class Client:
         environment = {"FLAMEUP_API_KEY": self.api_key, "FLAMEUP_HOST": self.host}
         if self.workspace_id is not None:
             environment["FLAMEUP_WORKSPACE_ID"] = self.workspace_id
-        return RelayWriter(self._spool, environment, fsync=self.fsync, ordering=self.ordering)
+        return RelayWriter(
+            self._spool, environment, fsync=self.fsync, ordering=self.ordering, fallback=self._take_over
+        )
 
     def _reroute(self) -> None:
         """Recompute the hot path's flag, as a capture begins or ends."""
@@ -372,19 +374,31 @@ class Client:
         elif self._closed:
             self._ledger.hand_on([message], DeliveryError("closed", "the client was shut down"))
         else:
-            full = f"the memory queue is full (max_queue_size={self.max_queue_size})"
-            self._ledger.hand_on([message], DeliveryError("queue_full", full))
+            self._hand_on_full(message)
+
+    def _hand_on_full(self, message: Queued) -> None:
+        full = f"the memory queue is full (max_queue_size={self.max_queue_size})"
+        self._ledger.hand_on([message], DeliveryError("queue_full", full))
 
     def _relayed(self, relay: RelayWriter, message: Queued) -> bool:
         """Relay mode: into this process's segment, else (the directory full or unwritable) to the
         in-process worker; False when the memory queue is full too."""
-        if relay.append(message):
-            return True
+        return relay.append(message) or self._queue_in_process(message)
+
+    def _queue_in_process(self, message: Queued) -> bool:
         if not self._queue.put(message):
             return False
         if self._worker is None:
             self._start_worker()
         return True
+
+    def _take_over(self, message: Queued) -> None:
+        """A record the relay writer rescued from a removed directory and could not write again:
+        the in-process worker delivers it (or, its queue full, it is spooled or dropped)."""
+        if not self._queue_in_process(message):
+            with self._shutdown_lock:
+                self._bypassed += 1
+            self._hand_on_full(message)
 
     def _start_worker(self) -> None:
         with self._worker_lock:

@@ -26,6 +26,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -35,7 +36,7 @@ try:
 except ImportError:  # Windows: no relay mode (Client refuses it)
     fcntl = None  # type: ignore[assignment]
 
-from ._spool_format import decode_ack, encode_record
+from ._spool_format import decode_ack, decode_records, encode_record
 from .lanes import Ordering
 from .message import Queued
 from .spool import DEFAULT_SEGMENT_BYTES, DiskSpool, ack_path, measure, open_segment, reachable
@@ -143,9 +144,13 @@ class RelayWriter:
         fsync: Fsync = "never",
         ordering: Ordering = "relaxed",
         start_relay: bool = True,
+        fallback: Callable[[Queued], object] | None = None,
     ) -> None:
         #: Chooses and makes the directory, and knows the cap the relay segments count against.
         self._spool = spool
+        #: Where records rescued from a removed directory go when no new segment can take them
+        #: (the client's in-process worker); without one they are dropped, and logged.
+        self._fallback = fallback
         self._environment = environment
         self._segment_bytes = segment_bytes
         self._fsync = fsync
@@ -156,6 +161,9 @@ class RelayWriter:
         self._fd = -1
         self._path: Path | None = None
         self._written_bytes = 0
+        #: Bytes of the open segment the last check found in the directory, where the relay reads:
+        #: what was appended after them may have gone to a directory removed since (rescued then).
+        self._checked_size = 0
         #: What the open segment may hold: ``segment_bytes``, or less when the spool's cap is near.
         self._limit = 0
         #: No new segment is tried before this (monotonic) after one could not be made: a full or
@@ -168,8 +176,9 @@ class RelayWriter:
         self._writer = os.urandom(4).hex()
         #: Segments this process wrote whose records are not all known final (flush() waits for them).
         self._segments: list[Path] = []
-        #: Descriptors taken out of use, and since when: closed (sealed) after ``_CLOSE_DELAY``.
-        self._retired: list[tuple[float, int]] = []
+        #: Descriptors taken out of use: since when (closed, i.e. sealed, after ``_CLOSE_DELAY``), and
+        #: for a segment whose directory was removed, the offset its late appends are rescued from.
+        self._retired: list[tuple[float, int, int | None]] = []
         self._warned = False
         #: ``fsync="interval"``: ``written`` at the last sync, and whether a segment was created
         #: since the last check (its directory entry must reach the disk too).
@@ -221,38 +230,91 @@ class RelayWriter:
             if self._fd >= 0 and self._written_bytes < self._limit:
                 return self._fd  # another thread made it meanwhile
             self._retire()
-            if time.monotonic() < self._retry_at:
-                return -1
-            try:
-                directory = self._spool.make_directory()
-                room = self._spool.max_bytes - measure(directory)
-                if room <= 0:
-                    raise OSError(
-                        errno.ENOSPC, f"the spool is full (max_spool_bytes={self._spool.max_bytes})"
-                    )
-                self._number += 1
-                fd, path, self._sequence = open_segment(
-                    directory, self._sequence, self._writer, self._number, fcntl.LOCK_SH
-                )
-            except OSError as exc:
-                self._refusal = exc
-                self._retry_at = time.monotonic() + _RETRY_INTERVAL
-                return -1
-            self._segments.append(path)
-            self._fd, self._path, self._written_bytes = fd, path, 0
-            self._limit = min(self._segment_bytes, room)
-            self._unsynced_segment = True
+            fd = self._open_segment()
+        if fd >= 0:
+            self._ensure_checker()
+        return fd
+
+    def _open_segment(self) -> int:
+        """Make a new segment the open one (the lock held); -1 when the directory refuses it."""
+        if time.monotonic() < self._retry_at:
+            return -1
+        try:
+            directory = self._spool.make_directory()
+            room = self._spool.max_bytes - measure(directory)
+            if room <= 0:
+                raise OSError(errno.ENOSPC, f"the spool is full (max_spool_bytes={self._spool.max_bytes})")
+            self._number += 1
+            fd, path, self._sequence = open_segment(
+                directory, self._sequence, self._writer, self._number, fcntl.LOCK_SH
+            )
+        except OSError as exc:
+            self._refusal = exc
+            self._retry_at = time.monotonic() + _RETRY_INTERVAL
+            return -1
+        self._segments.append(path)
+        self._fd, self._path, self._written_bytes, self._checked_size = fd, path, 0, 0
+        self._limit = min(self._segment_bytes, room)
+        self._unsynced_segment = True
         if self._fsync == "always":
             self._sync_directory()
-        self._ensure_checker()
         return fd
 
     def _retire(self) -> None:
         """Stop appending to the current segment; it is sealed (closed) by the checker later,
         since a caller's thread may have read its descriptor and not written yet."""
         if self._fd >= 0:
-            self._retired.append((time.monotonic(), self._fd))
+            self._retired.append((time.monotonic(), self._fd, None))
             self._fd, self._path = -1, None
+
+    def _check_reachable(self) -> None:
+        """If the open segment is no longer where the relay reads (its directory was removed,
+        ``rm -rf`` or a tmp cleaner), retire it and rescue what was appended to it since the last
+        check found it there (the lock held). What it held before is gone with the directory."""
+        fd, path = self._fd, self._path
+        if fd < 0 or path is None:
+            return
+        try:
+            size = os.fstat(fd).st_size  # before the check: all of it was in the directory if found
+        except OSError:
+            return
+        if reachable(fd, path):
+            self._checked_size = size
+            return
+        logger.warning("%s was removed while relay mode wrote to it: writing it again", path.parent)
+        self._fd, self._path = -1, None
+        rescued_up_to = self._rescue(fd, self._checked_size)
+        # Appends racing this moment (a caller's thread that read the descriptor before it was
+        # retired) are rescued when the segment is sealed, from where this rescue stopped.
+        self._retired.append((time.monotonic(), fd, rescued_up_to))
+
+    def _rescue(self, fd: int, start: int) -> int:
+        """Write the intact records of ``fd`` past ``start`` to a new segment (or hand them to the
+        fallback when none can be made); the offset up to which they were taken (the lock held)."""
+        data = _read_from(fd, start)
+        records, _ = decode_records(data)
+        if not records:
+            return start
+        frames = b"".join(encode_record(record.message, record.created) for record in records)
+        target = self._fd if self._fd >= 0 else self._open_segment()
+        try:
+            if target < 0 or os.write(target, frames) != len(frames):
+                raise OSError(errno.EIO, "no segment took them whole")
+            self._written_bytes += len(frames)
+        except OSError as exc:
+            self._retire()  # a short write left a torn record: start afresh
+            self._hand_over([record.message for record in records], exc)
+        return start + records[-1].end
+
+    def _hand_over(self, messages: list[Queued], error: OSError) -> None:
+        if self._fallback is None:
+            logger.error(
+                "relay mode lost %d record(s) that could not be written again (%s)", len(messages), error
+            )
+            return
+        self.fallbacks += len(messages)
+        for message in messages:
+            self._fallback(message)
 
     def _fell_back(self, error: OSError | None) -> bool:
         self.fallbacks += 1
@@ -293,19 +355,21 @@ class RelayWriter:
         this process has records."""
         now = time.monotonic()
         with self._lock:
-            due = [fd for since, fd in self._retired if now - since >= _CLOSE_DELAY]
-            self._retired = [(since, fd) for since, fd in self._retired if now - since < _CLOSE_DELAY]
-            if self._fd >= 0 and self._path is not None and not reachable(self._fd, self._path):
-                self._retire()
+            due = [(fd, rescue) for since, fd, rescue in self._retired if now - since >= _CLOSE_DELAY]
+            self._retired = [entry for entry in self._retired if now - entry[0] < _CLOSE_DELAY]
+            for fd, rescue in due:
+                if rescue is not None:
+                    self._rescue(fd, rescue)
+            self._check_reachable()
             # Retired segments too: records reach them until the moment they are retired.
-            unsynced = [fd for _, fd in self._retired] + ([self._fd] if self._fd >= 0 else [])
+            unsynced = [fd for _, fd, _ in self._retired] + ([self._fd] if self._fd >= 0 else [])
             # Claimed under the lock, so two checks at once never sync the same writes twice.
             written, new_segment = self.written, self._unsynced_segment
             dirty = written != self._synced or new_segment
             self._synced, self._unsynced_segment = written, False
         if self._fsync == "interval" and dirty:
             self._sync(unsynced, directory=new_segment)
-        for fd in due:
+        for fd, _ in due:
             _seal(fd, durable=self._fsync != "never")
         self._children = [child for child in self._children if child.poll() is None]
         if self._start_relay and now - self._last_start >= _START_INTERVAL and self._needs_relay():
@@ -374,6 +438,7 @@ class RelayWriter:
         (delivered or rejected by the API); False at the deadline."""
         deadline = time.monotonic() + timeout
         with self._lock:
+            self._check_reachable()
             current, current_path = self._fd, self._path
             segments = list(self._segments)
         targets: dict[Path, int] = {}
@@ -401,9 +466,13 @@ class RelayWriter:
         """Seal every segment now (the relay delivers them; this process does not wait)."""
         self._stop.set()
         with self._lock:
+            for _, fd, rescue in self._retired:
+                if rescue is not None:
+                    self._rescue(fd, rescue)
+            self._check_reachable()
             self._retire()
             retired, self._retired = self._retired, []
-        for _, fd in retired:
+        for _, fd, _ in retired:
             _seal(fd, durable=self._fsync != "never")
         if self._fsync != "never":
             self._sync_directory()
@@ -412,7 +481,7 @@ class RelayWriter:
         """The child writes its own segments: forget the parent's without touching them (its
         copies of the descriptors are closed; the parent's locks hold through its own)."""
         self._lock = threading.Lock()
-        for fd in [*(fd for _, fd in self._retired), *([self._fd] if self._fd >= 0 else [])]:
+        for fd in [*(fd for _, fd, _ in self._retired), *([self._fd] if self._fd >= 0 else [])]:
             with contextlib.suppress(OSError):
                 os.close(fd)
         self._fd, self._path, self._retired, self._segments = -1, None, [], []
@@ -476,6 +545,16 @@ def _final_up_to(path: Path, size: int) -> bool:
         return False
     # A finished segment is deleted before its ack: an old ack next to no segment is final too.
     return (ack is not None and ack >= size) or not path.exists()
+
+
+def _read_from(fd: int, start: int) -> bytes:
+    """What ``fd`` holds from ``start`` to its end (read whatever its file's name now is)."""
+    chunks = []
+    with contextlib.suppress(OSError):
+        while chunk := os.pread(fd, 1 << 20, start):
+            chunks.append(chunk)
+            start += len(chunk)
+    return b"".join(chunks)
 
 
 def _seal(fd: int, *, durable: bool = False) -> None:

@@ -31,7 +31,16 @@ from .ledger import Ledger
 from .message import Message
 from .queue import MessageQueue
 from .relay import LOCK_NAME, STATUS_NAME
-from .spool import DiskSpool, NoSpool, SegmentReader, WarningThrottle, read_ack, read_locked, replace_file
+from .spool import (
+    DiskSpool,
+    NoSpool,
+    SegmentReader,
+    WarningThrottle,
+    reachable,
+    read_ack,
+    read_locked,
+    replace_file,
+)
 from .worker import Worker
 
 logger = logging.getLogger("flameup_analytics")
@@ -258,6 +267,9 @@ class Relay:
         next_pass = 0.0
         idle_since = time.monotonic()
         while not self._stopping.is_set():
+            if not self._still_elected():
+                logger.warning("relay %d: another relay serves %s now; exiting", os.getpid(), self.directory)
+                return
             now = time.monotonic()
             signature = _signature(self.directory)
             if now >= next_pass or signature != seen:
@@ -306,8 +318,26 @@ class Relay:
                 time.sleep(0.01)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
         self._lock_fd = fd
         return True
+
+    def _still_elected(self) -> bool:
+        """Whether this relay still holds the directory's lock. When the directory was removed
+        (``rm -rf``, a tmp cleaner), its lock went with it: the relay makes both again and is
+        elected anew, before clients, seeing no relay, start another that would read the same live
+        segments beside it. False when another relay was elected first."""
+        if reachable(self._lock_fd, self.directory / LOCK_NAME):
+            return True
+        logger.warning("relay %d: %s was removed; making it again", os.getpid(), self.directory)
+        try:
+            return self._elect()
+        except OSError as exc:
+            self.warnings.warn(
+                "elect", "relay %d cannot make %s again (%s)", os.getpid(), self.directory, exc
+            )
+            return True  # still the only one that can serve it: try again on the next turn
 
     # --- status ----------------------------------------------------------------------------------
 

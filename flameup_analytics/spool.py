@@ -413,8 +413,9 @@ def open_segment(directory: Path, floor: int, writer: str, number: int, lock: in
         sequence += 1
         path = directory / segment_name(sequence, writer, number)
         try:
-            # O_EXCL: never take over an existing segment, whoever made it.
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
+            # O_EXCL: never take over an existing segment, whoever made it. O_RDWR: a relay writer
+            # reads back what it appended after the directory was removed, to write it again.
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
         except FileExistsError:
             continue
         # A replayer may lock the new, empty file before we do and delete it (nothing in it

@@ -6,6 +6,7 @@ import collections
 import logging
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from flameup_analytics.cli import main
 from flameup_analytics.lanes import Ordering
 from flameup_analytics.message import STANDARD, Message, track_body
 from flameup_analytics.relay import (
+    LOCK_NAME,
     LOG_MAX_BYTES,
     LOG_NAME,
     Fsync,
@@ -295,6 +297,99 @@ def test_a_killed_relay_is_replaced_by_the_next_check_of_a_client(
     finally:
         client.shutdown()
         _stop_relays(directory)
+
+
+def test_the_directory_removed_under_a_running_relay_loses_nothing_tracked_after_and_one_relay_serves_it(
+    server: LocalServer, tmp_path: Path
+) -> None:
+    directory = tmp_path / "spool"
+    client = _relay_client(server, directory)
+    try:
+        client.track("u", "e", idempotency_key="before")
+        assert client.flush(timeout=30)
+        relay = relay_pid(directory)
+        assert relay
+        shutil.rmtree(directory)
+        # At once: these go to the removed segment, until the client's next check sees it gone.
+        for number in range(20):
+            client.track(f"u{number % 3}", "e", idempotency_key=f"raced{number}")
+        assert wait_until(lambda: relay_pid(directory) is not None, 15)
+        for number in range(20):
+            client.track(f"u{number % 3}", "e", idempotency_key=f"after{number}")
+        assert client.flush(timeout=30)
+        delivered = set(_delivered_keys(server))
+        assert {f"raced{n}" for n in range(20)} | {f"after{n}" for n in range(20)} <= delivered
+        # The relay that ran took the new directory's lock again: no second relay delivers the
+        # same live segments beside it (duplicates), and it did not go on serving a ghost.
+        assert relay_pid(directory) == relay
+        assert client.relay.stats().relays_started == 1  # type: ignore[union-attr]
+    finally:
+        client.shutdown()
+        _stop_relays(directory)
+
+
+def test_a_relay_whose_directory_was_removed_is_elected_again_unless_another_relay_was_first(
+    server: LocalServer, tmp_path: Path
+) -> None:
+    import fcntl  # here: the module is collected on Windows too, where it is skipped
+
+    directory = tmp_path / "spool"
+    relay = Relay(directory, api_key=API_KEY, workspace_id=WORKSPACE, host=server.url)
+    try:
+        assert relay._elect() and relay._still_elected()
+        shutil.rmtree(directory)
+        assert relay._still_elected() and relay_pid(directory) == os.getpid()  # made again, and won
+        # Removed again, and back with another relay's lock held before this one looks.
+        shutil.rmtree(directory)
+        directory.mkdir()
+        held = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert not relay._still_elected()
+        os.close(held)
+    finally:
+        os.close(relay._lock_fd)
+        relay._client.shutdown()
+
+
+def _keys_in(directory: Path) -> list[str]:
+    return [
+        record.message.key
+        for segment in sorted(directory.glob("*.seg"))
+        for record in appended(segment.read_bytes(), 0)[0]
+    ]
+
+
+def test_a_writer_whose_directory_was_removed_writes_what_followed_again_or_hands_it_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    directory = tmp_path / "spool"
+    handed_over: list[str] = []
+    writer = RelayWriter(
+        DiskSpool(directory), {}, start_relay=False, fallback=lambda message: handed_over.append(message[3])
+    )
+    writer.append(_message(0))
+    writer.check()  # finds the segment in place: what it holds went with the directory
+    shutil.rmtree(directory)
+    for number in (1, 2, 3):
+        assert writer.append(_message(number))  # to the removed segment: track() returned
+    old = writer._fd
+    writer.check()
+    assert _keys_in(directory) == ["k1", "k2", "k3"]
+    # A caller's thread that read the old descriptor just before it was retired writes late:
+    # the sealing of the old segment writes that record again too.
+    os.write(old, encode_record(_message(4), 0.0))
+    monkeypatch.setattr("flameup_analytics.relay._CLOSE_DELAY", 0.0)
+    writer.check()
+    assert _keys_in(directory) == ["k1", "k2", "k3", "k4"]
+    with pytest.raises(OSError):
+        os.fstat(old)  # sealed
+    # The directory removed again, and a file in its place: no segment can be made there now.
+    shutil.rmtree(directory)
+    directory.write_text("not a directory")
+    assert writer.append(_message(5))
+    writer.check()
+    assert handed_over == ["k5"] and writer.fallbacks == 1
+    writer.close()
 
 
 def test_an_unwritable_directory_falls_back_to_the_in_process_worker_and_says_so_once(
