@@ -19,8 +19,7 @@ import re
 import struct
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from .message import Message, Queued, key_of
 
@@ -57,8 +56,9 @@ def encode_record(message: Queued, created: float) -> bytes:
     return _HEADER.pack(MAGIC, len(payload), zlib.crc32(payload)) + payload
 
 
-@dataclass(frozen=True)
-class Record:
+class Record(NamedTuple):
+    """One record read back (a tuple: thousands are decoded at once when a relay reads a segment)."""
+
     message: Message
     #: When the message was spooled (``time.time()``; shown by ``spool inspect``, never used to order).
     created: float

@@ -19,6 +19,7 @@ pipe is part of every ``poll``, so callers, ``flush()`` and ``shutdown()`` inter
 
 from __future__ import annotations
 
+import bisect
 import collections
 import contextlib
 import errno
@@ -211,6 +212,11 @@ class LoopCarrier:
         self._routes: dict[RequestTemplate, _Route] = {}
         self._idle: dict[object, list[_Connection]] = {}
         self._busy: set[_Connection] = set()
+        #: (deadline, connection, exchange) per attempt sent, in deadline order: the nearest one
+        #: without a scan of every busy connection on each wake. The worker gives every attempt
+        #: the same timeout, so an attempt is appended at the end. Entries of attempts that ended
+        #: are dropped as they reach the front (or all at once, when they outnumber the live ones).
+        self._deadlines: collections.deque[tuple[float, _Connection, Exchange]] = collections.deque()
         #: Attempts waiting for a new connection, and connections (or errors) that helpers made.
         self._connecting = 0
         self._connected: collections.deque[tuple[Exchange, _Route, object]] = collections.deque()
@@ -295,6 +301,7 @@ class LoopCarrier:
         connection.exchange = exchange
         connection.answered = False
         self._busy.add(connection)
+        self._watch(connection, exchange)
         try:
             sent = connection.sock.send(data)
         except (ssl.SSLWantWriteError, BlockingIOError):
@@ -311,8 +318,8 @@ class LoopCarrier:
     def poll(self, timeout: float | None) -> list[Exchange]:
         if self._done or self._connected:
             timeout = 0.0
-        if self._busy:
-            nearest = min(connection.exchange.deadline for connection in self._busy if connection.exchange)
+        nearest = self._nearest_deadline()
+        if nearest is not None:
             left = max(0.0, nearest - time.monotonic())
             timeout = left if timeout is None else min(timeout, left)
         try:
@@ -338,12 +345,37 @@ class LoopCarrier:
                 assert isinstance(result, FlameupError)
                 exchange.error = result
                 self._done.append(exchange)
-        if self._busy:
+        nearest = self._nearest_deadline()
+        if nearest is not None and nearest <= time.monotonic():
             now = time.monotonic()
-            for connection in [c for c in self._busy if c.exchange and c.exchange.deadline <= now]:
-                self._failed(connection, TimeoutError("no complete answer within the timeout"))
+            deadlines = self._deadlines
+            while deadlines and deadlines[0][0] <= now:
+                deadline, connection, exchange = deadlines.popleft()
+                if _current(deadline, connection, exchange, self._busy):
+                    self._failed(connection, TimeoutError("no complete answer within the timeout"))
         done, self._done = self._done, []
         return done
+
+    def _watch(self, connection: _Connection, exchange: Exchange) -> None:
+        deadlines = self._deadlines
+        entry = (exchange.deadline, connection, exchange)
+        if deadlines and deadlines[-1][0] > entry[0]:
+            # A shorter timeout than the last attempt's (no caller does that today): keep the order.
+            deadlines.insert(bisect.bisect(deadlines, entry[0], key=_deadline_of), entry)
+        else:
+            deadlines.append(entry)
+        if len(deadlines) > 4 * len(self._busy) + 64:  # one slow attempt in front holds many
+            busy = self._busy
+            self._deadlines = collections.deque(e for e in deadlines if _current(*e, busy))
+
+    def _nearest_deadline(self) -> float | None:
+        deadlines, busy = self._deadlines, self._busy
+        while deadlines:
+            deadline, connection, exchange = deadlines[0]
+            if _current(deadline, connection, exchange, busy):
+                return deadline
+            deadlines.popleft()
+        return None
 
     def _write_more(self, connection: _Connection) -> None:
         try:
@@ -452,6 +484,17 @@ class LoopCarrier:
         self._idle.clear()
         with contextlib.suppress(OSError):
             self._selector.close()
+
+
+def _current(deadline: float, connection: _Connection, exchange: Exchange, busy: set[_Connection]) -> bool:
+    """Whether a deadline entry's attempt is still carried by its connection. An exchange tried
+    again gets a new entry; the old one (even on the same connection) no longer counts, because
+    ``exchange.deadline`` moved on."""
+    return connection.exchange is exchange and exchange.deadline == deadline and connection in busy
+
+
+def _deadline_of(entry: tuple[float, _Connection, Exchange]) -> float:
+    return entry[0]
 
 
 def _closed_by_peer(error: BaseException) -> bool:

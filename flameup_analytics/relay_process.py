@@ -11,7 +11,6 @@ status file every second and drains on SIGTERM. Behaviour and guarantees: docs/r
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import fcntl
 import json
 import logging
@@ -86,26 +85,35 @@ class LiveBatch(SegmentReader):
 
     def __init__(self, parts: list[LiveSegmentReader]) -> None:
         records: list[Record] = []
-        #: Per record of the batch: its segment, and its end in that segment.
-        self._owners: list[tuple[LiveSegmentReader, int]] = []
+        #: Where each segment's records begin in the batch (they follow one another, segment by
+        #: segment), so an ack finds the segments it covers without walking the records.
+        self._starts: list[int] = []
         for part in parts:
-            for record in part.records:
-                records.append(dataclasses.replace(record, end=len(records) + 1))
-                self._owners.append((part, record.end))
+            self._starts.append(len(records))
+            records.extend(
+                Record(record.message, record.created, position)
+                for position, record in enumerate(part.records, len(records) + 1)
+            )
         super().__init__(parts[0].path, -1, records, 0, 0)
         self._parts = parts
-        self._acked: dict[Path, int] = {}
+        #: Parts before this one are acked to their last record.
+        self._first_open = 0
+        self._acked_in_part = 0
 
     def ack(self, end: int) -> bool:
         """Every record of the batch up to position ``end`` is final: ack each segment that far."""
-        latest: dict[Path, tuple[LiveSegmentReader, int]] = {}
-        for part, offset in self._owners[:end]:
-            latest[part.path] = (part, offset)
         written = True
-        for path, (part, offset) in latest.items():
-            if self._acked.get(path) != offset:
-                written = part.ack(offset) and written
-                self._acked[path] = offset
+        index = self._first_open
+        while index < len(self._parts) and self._starts[index] < end:
+            part = self._parts[index]
+            count = min(end - self._starts[index], len(part.records))
+            if count > (self._acked_in_part if index == self._first_open else 0):
+                written = part.ack(part.records[count - 1].end) and written
+            if count < len(part.records):
+                self._first_open, self._acked_in_part = index, count
+                return written
+            index += 1
+        self._first_open, self._acked_in_part = index, 0
         return written
 
     def delete(self) -> bool:
@@ -283,9 +291,9 @@ class Relay:
                 if drained:
                     seen, waits = signature, self._client.retry.waits()
                     next_pass = time.monotonic() + self._rescan_interval
-                else:
-                    # The API fails: the same backoff as a message's retries, never a storm.
-                    seen, next_pass = signature, time.monotonic() + next(waits)
+                    continue  # at once: what was appended during the pass starts the next one
+                # The API fails: the same backoff as a message's retries, never a storm.
+                seen, next_pass = signature, time.monotonic() + next(waits)
             if signature:
                 idle_since = now
             elif self._exit_when_idle is not None and now - idle_since >= self._exit_when_idle:

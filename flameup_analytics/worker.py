@@ -85,6 +85,9 @@ class _Segment:
         self.next = 0
         #: Per record: True final, False not (it stays), None not known yet.
         self.final: list[bool | None] = [None] * len(self.records)
+        #: Records final without a break from the first: the ack may go this far.
+        self.final_run = 0
+        #: How far the ack file says (written every ``batch_size`` records, and at the end).
         self.acked = 0
         self.open = 0
         #: Released (or deleted): records still in flight no longer move its ack.
@@ -585,11 +588,8 @@ class Worker:
     def _close_segment_if_done(self, segment: _Segment) -> None:
         """Ack the unbroken run of final records; delete the segment once all are final, or
         release it when the pass stopped and nothing of it is in flight."""
-        final = segment.final
-        acked = segment.acked
-        while acked < len(final) and final[acked]:
-            acked += 1
-        if acked == len(final) and segment.admitted_all:
+        acked = _extend_final_run(segment)
+        if acked == len(segment.final) and segment.admitted_all:
             assert self._spool is not None
             self._spool.forget_bytes(segment.reader.size)
             segment.reader.delete()
@@ -616,10 +616,7 @@ class Worker:
             return
         segment, self._segment = self._segment, None
         if segment is not None:
-            final = segment.final
-            acked = segment.acked
-            while acked < len(final) and final[acked]:
-                acked += 1
+            acked = _extend_final_run(segment)
             if acked > segment.acked:
                 segment.reader.ack(segment.records[acked - 1].end)
             segment.reader.release()
@@ -647,6 +644,16 @@ class Worker:
             wait = min(next(self._replay_waits), self._replay_interval)
             self._replay_due = now + max(wait, self._replay_retry_after)
             self._replay_retry_after = 0.0
+
+
+def _extend_final_run(segment: _Segment) -> int:
+    """Extend the segment's run of final records past those that became final; its new end."""
+    final = segment.final
+    run = segment.final_run
+    while run < len(final) and final[run]:
+        run += 1
+    segment.final_run = run
+    return run
 
 
 def _retry_after(outcome: Outcome) -> float:

@@ -160,8 +160,12 @@ def test_the_live_segments_of_all_writers_are_sent_as_one_batch_and_acked_each_i
         records = appended(path.read_bytes(), 0)[0]
         ends[records[0].message.key] = (path, [record.end for record in records])
     (mine, my_ends), (theirs, their_ends) = ends["k0"], ends["k10"]
+    batch.ack(2)
+    assert (read_ack(mine), read_ack(theirs)) == (my_ends[1], 0)
     batch.ack(4)  # the first writer's three records and the second's first are final
     assert (read_ack(mine), read_ack(theirs)) == (my_ends[2], their_ends[0])
+    batch.ack(5)
+    assert (read_ack(mine), read_ack(theirs)) == (my_ends[2], their_ends[1])
     batch.delete()  # all final: each acked to its end, and kept (their writers still hold them)
     assert (read_ack(mine), read_ack(theirs)) == (my_ends[2], their_ends[2])
     assert mine.exists() and theirs.exists()
