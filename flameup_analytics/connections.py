@@ -25,19 +25,22 @@ import contextlib
 import errno
 import selectors
 import socket
-import ssl
+import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from queue import SimpleQueue
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from . import transport as transport_module
 from ._redact import redact_text
 from .errors import ConfigurationError, FlameupError, TransportError
 from .queue import Wakeup
 from .transport import HTTPTransport, Request, Response, Transport
+
+if TYPE_CHECKING:
+    import ssl
 
 _READ_SIZE = 256 * 1024
 _MAX_HEAD = 64 * 1024
@@ -172,14 +175,31 @@ def internal_error_of(exchange: Exchange) -> BaseException | None:
 
 # --- the default transport: one event loop --------------------------------------------------------
 
+#: What a non-blocking send, or receive, raises when it must wait for the socket. TLS adds its own,
+#: known once ``ssl`` is imported: by the first https connection (an http-only process never
+#: imports it, nor pays the 8 ms that costs).
+_SEND_BLOCKED: tuple[type[OSError], ...] = (BlockingIOError,)
+_RECV_BLOCKED: tuple[type[OSError], ...] = (BlockingIOError,)
+
+
+def _is_tls(sock: socket.socket) -> bool:
+    global _SEND_BLOCKED, _RECV_BLOCKED
+    ssl = sys.modules.get("ssl")  # a TLS socket exists only once ssl was imported
+    if ssl is None or not isinstance(sock, ssl.SSLSocket):
+        return False
+    _SEND_BLOCKED = (BlockingIOError, ssl.SSLWantWriteError)
+    _RECV_BLOCKED = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
+    return True
+
 
 class _Connection:
     """A keep-alive connection owned by the loop, and the attempt it carries (if any)."""
 
-    __slots__ = ("answered", "buffer", "exchange", "pool", "reused", "sock", "unsent")
+    __slots__ = ("answered", "buffer", "exchange", "pool", "reused", "sock", "tls", "unsent")
 
     def __init__(self, sock: socket.socket, pool: object) -> None:
         self.sock = sock
+        self.tls = _is_tls(sock)
         self.pool = pool
         self.exchange: Exchange | None = None
         self.buffer = bytearray()
@@ -273,7 +293,7 @@ class LoopCarrier:
             assert sock is not None
             sock.setblocking(False)
             result: object = sock
-        except (OSError, ssl.SSLError) as exc:
+        except OSError as exc:  # ssl.SSLError included
             result = TransportError(redact_text(f"cannot connect: {type(exc).__name__}: {exc}"))
         except TransportError as exc:
             result = exc
@@ -304,7 +324,7 @@ class LoopCarrier:
         self._watch(connection, exchange)
         try:
             sent = connection.sock.send(data)
-        except (ssl.SSLWantWriteError, BlockingIOError):
+        except _SEND_BLOCKED:
             sent = 0
         except OSError as exc:
             self._failed(connection, exc)
@@ -380,7 +400,7 @@ class LoopCarrier:
     def _write_more(self, connection: _Connection) -> None:
         try:
             sent = connection.sock.send(connection.unsent)
-        except (ssl.SSLWantWriteError, BlockingIOError):
+        except _SEND_BLOCKED:
             return
         except OSError as exc:
             self._failed(connection, exc)
@@ -393,9 +413,9 @@ class LoopCarrier:
         sock = connection.sock
         try:
             chunk = sock.recv(_READ_SIZE)
-            while isinstance(sock, ssl.SSLSocket) and sock.pending():
+            while connection.tls and cast("ssl.SSLSocket", sock).pending():
                 chunk += sock.recv(_READ_SIZE)
-        except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+        except _RECV_BLOCKED:
             return
         except OSError as exc:
             self._failed(connection, exc)

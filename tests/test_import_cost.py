@@ -13,9 +13,10 @@ import pytest
 #: Modules a program pays for only when it uses what needs them: ``requests`` and ``urllib3`` for
 #: ``RequestsTransport`` and the default transport's proxy and CA bundle lookups, ``http.client`` for
 #: its first connection (both on the worker's thread), ``asyncio`` for ``aflush()``, ``msgpack`` for
-#: the spool's first record. The SDK itself never needs ``decimal`` and ``uuid`` (a value of theirs
-#: exists only once the app imported them), nor ``platform``.
-DEFERRED = ["requests", "urllib3", "asyncio", "http.client", "msgpack", "decimal", "uuid", "platform"]
+#: the spool's first record, ``ssl`` for the first https connection. The SDK itself never needs
+#: ``decimal`` and ``uuid`` (a value of theirs exists only once the app imported them), nor
+#: ``platform``.
+DEFERRED = ["requests", "urllib3", "asyncio", "http.client", "msgpack", "ssl", "decimal", "uuid", "platform"]
 
 
 def loaded_after(code: str) -> set[str]:
