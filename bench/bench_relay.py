@@ -4,13 +4,17 @@
     .venv/bin/python bench/bench_relay.py --quick    # fewer calls, 10 trials
     .venv/bin/python bench/bench_relay.py --json     # machine-readable results on stdout
     .venv/bin/python bench/bench_relay.py --fsync    # only track()'s cost per fsync mode
+    .venv/bin/python bench/bench_relay.py --host     # only the CPU-bound host: slowdown per mode
 
 The local API runs in its own process (``bench_track.ServerProcess``, or one with an answer delay
 for the throughput runs), the relay in its own (as in production, started by the client).
 Throughput: one process tracks as fast as it can, then flushes; relay and in-process modes at 0
 and 50 ms of API latency. Latency is measured as in ``bench_track.py`` (~20 us of host
 work between calls); host CPU per event is this process's CPU time (all its threads) over a run of
-calls, minus the same loop without the SDK. See docs/relay.md for the results.
+calls, minus the same loop without the SDK. The CPU-bound host is a thread computing ~1 ms of pure
+Python per event, never sleeping, tracking after each piece of work (as ``bench_delivery.py``'s
+host scenario): its slowdown against the same loop with the SDK disabled, relay mode and
+in-process, alternated, medians of rounds. See docs/relay.md for the results.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import json
 import os
 import random
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -28,12 +33,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench_delivery import calibrate_work
 from bench_track import API_KEY, WORKSPACE_ID, ServerProcess, host_work, percentiles, time_track
+from sdk_runner import busy_work
 
 from flameup_analytics import Client
 from flameup_analytics.relay import relay_pid
 
-TARGETS = {"p50_us": 5, "p99.9_us": 60, "cpu_us_per_event": 10}
+TARGETS = {"p50_us": 5, "p99.9_us": 60, "cpu_us_per_event": 10, "host_slowdown_pct": 1}
+#: The CPU-bound host's variants, in the order of the first round (later rounds rotate it).
+HOST_MODES = ("disabled", "relay", "in_process")
 
 _KILLED_HOST = textwrap.dedent(
     """
@@ -83,6 +92,60 @@ def fsync_costs(url: str, scratch: Path, calls: int) -> dict[str, Any]:
         )
         for mode in ("never", "interval", "always")
     }
+
+
+def cpu_bound_host(url: str, scratch: Path, seconds: float, rounds: int) -> dict[str, Any]:
+    """The CPU-bound host's loop per mode, medians of ``rounds``: offered events/s, slowdown
+    against the SDK disabled (same round), and whether a flush after it delivered everything."""
+    iterations = calibrate_work()
+    runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in HOST_MODES}
+    for r in range(rounds):
+        order = HOST_MODES[r % len(HOST_MODES) :] + HOST_MODES[: r % len(HOST_MODES)]
+        for mode in order:
+            runs[mode].append(_host_loop(url, scratch / f"host-{mode}-{r}", mode, iterations, seconds))
+    results: dict[str, Any] = {"rounds": rounds, "seconds": seconds, "work_iterations": iterations}
+    for mode in HOST_MODES:
+        slowdowns = [
+            (run["us_per_event"] / reference["us_per_event"] - 1) * 100
+            for run, reference in zip(runs[mode], runs["disabled"], strict=True)
+        ]
+        results[mode] = {
+            "offered_per_s": round(statistics.median(run["offered_per_s"] for run in runs[mode])),
+            "slowdown_pct": round(statistics.median(slowdowns), 2),
+            "slowdowns_pct": [round(value, 2) for value in slowdowns],
+            "all_delivered": all(run["flushed"] for run in runs[mode]),
+        }
+    return results
+
+
+def _host_loop(url: str, directory: Path, mode: str, iterations: int, seconds: float) -> dict[str, Any]:
+    client = Client(
+        API_KEY,
+        WORKSPACE_ID,
+        host=url,
+        spool_dir=directory,
+        delivery="relay" if mode == "relay" else "in_process",
+        disabled=mode == "disabled",
+    )
+    try:
+        client.track("warmup", "e")
+        client.flush(timeout=30)  # in relay mode: the relay is up before the loop starts
+        track, clock = client.track, time.monotonic
+        done = 0
+        started = clock()
+        deadline = started + seconds
+        while True:
+            busy_work(iterations)
+            track(f"user_{done % 1000}", "page_viewed", {"page": "/pricing"})
+            done += 1
+            if clock() >= deadline:
+                break
+        elapsed = clock() - started
+        flushed = client.flush(timeout=120)
+    finally:
+        client.shutdown()
+        _stop_relay(directory)
+    return {"us_per_event": elapsed / done * 1e6, "offered_per_s": done / elapsed, "flushed": flushed}
 
 
 def host_work_cpu(calls: int) -> float:
@@ -200,8 +263,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--fsync", action="store_true", help="only track()'s cost per fsync mode")
+    parser.add_argument("--host", action="store_true", help="only the CPU-bound host")
     args = parser.parse_args(argv)
     calls, trials, events = (20_000, 10, 5_000) if args.quick else (100_000, 50, 20_000)
+    host_seconds, host_rounds = (2.0, 1) if args.quick else (4.0, 7)
+    if args.host:
+        with ServerProcess() as server, tempfile.TemporaryDirectory() as scratch:
+            host = cpu_bound_host(server.url, Path(scratch), host_seconds, host_rounds)
+        print(json.dumps(host, indent=2) if args.json else _host_line(host))
+        return 0
     if args.fsync:
         with ServerProcess() as server, tempfile.TemporaryDirectory() as scratch:
             costs = fsync_costs(server.url, Path(scratch), calls)
@@ -220,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         # The default mode, same loop and server, for comparison on this (shared) machine.
         results["in_process"] = latency_and_cpu(server.url, Path(scratch) / "in-process", calls, "in_process")
         results["kills"] = kill_trials(server.url, Path(scratch) / "kills", trials)
+        results["host"] = cpu_bound_host(server.url, Path(scratch), host_seconds, host_rounds)
         results["throughput"] = {
             f"{mode} {latency * 1000:.0f} ms": round(
                 throughput(Path(scratch) / f"t-{mode}-{latency}", events, latency, mode)
@@ -249,12 +320,21 @@ def main(argv: list[str] | None = None) -> int:
         "delivered events/s (0 = flush failed): "
         + ", ".join(f"{name} {rate}" for name, rate in results["throughput"].items())
     )
+    print(_host_line(results["host"]))
     kills = results["kills"]
     print(
         f"{kills['trials']} hosts SIGKILLed: {kills['returned']} track() returned; "
         f"segments left undelivered: {kills['left_in_directory']}"
     )
     return 0
+
+
+def _host_line(host: dict[str, Any]) -> str:
+    return "CPU-bound host (~1 ms of work per event), slowdown against the SDK disabled: " + ", ".join(
+        f"{mode} {host[mode]['slowdown_pct']:.1f} % at {host[mode]['offered_per_s']} events/s"
+        + ("" if host[mode]["all_delivered"] else " (not all delivered)")
+        for mode in ("relay", "in_process")
+    )
 
 
 if __name__ == "__main__":

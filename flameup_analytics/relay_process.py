@@ -160,14 +160,17 @@ class RelaySpool(DiskSpool):
         with contextlib.suppress(OSError):
             if path.stat().st_size == cursor:
                 return None  # nothing new since the last ack
-        opened = read_locked(path, fcntl.LOCK_SH)
+        # Only what follows the cursor: a writer's appends wait while its segment is read, and
+        # reading all of it on every pass slowed a CPU-bound writer by a few percent.
+        opened = read_locked(path, fcntl.LOCK_SH, start=cursor or 0)
         if opened is None:
             return None
         fd, data = opened
         if cursor is None:
             records, corrupt = appended(data, read_ack(path))
         else:
-            records, corrupt = appended(data, cursor, trusted=True)
+            records, corrupt = appended(data, 0, trusted=True)
+            records = [record._replace(end=record.end + cursor) for record in records]
         if not records:
             os.close(fd)
             return None
@@ -291,14 +294,17 @@ class Relay:
                 if drained:
                     seen, waits = signature, self._client.retry.waits()
                     next_pass = time.monotonic() + self._rescan_interval
-                    continue  # at once: what was appended during the pass starts the next one
-                # The API fails: the same backoff as a message's retries, never a storm.
-                seen, next_pass = signature, time.monotonic() + next(waits)
+                else:
+                    # The API fails: the same backoff as a message's retries, never a storm.
+                    seen, next_pass = signature, time.monotonic() + next(waits)
             if signature:
                 idle_since = now
             elif self._exit_when_idle is not None and now - idle_since >= self._exit_when_idle:
                 logger.info("relay %d: nothing left to deliver and no writer; exiting", os.getpid())
                 return
+            # Not at once after a pass, even when writers appended meanwhile: a relay reading a
+            # segment back to back slows its writers (their appends wait for its reads) by ~7 %
+            # at 1,000 events/s, against ~1 % with this pause (bench_relay.py --host).
             self._stopping.wait(self._poll_interval)
 
     def _drain(self) -> None:

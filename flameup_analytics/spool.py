@@ -506,10 +506,10 @@ class SegmentReader:
             self._fd = -1
 
 
-def read_locked(path: Path, lock: int) -> tuple[int, bytes] | None:
+def read_locked(path: Path, lock: int, start: int = 0) -> tuple[int, bytes] | None:
     """Open ``path``, take ``lock`` (``LOCK_EX`` or ``LOCK_SH``) on it without waiting and read it
-    all: the descriptor, which holds the lock, and the bytes. None when it is gone or locked
-    against us."""
+    from ``start`` to its end: the descriptor, which holds the lock, and the bytes. None when it is
+    gone or locked against us."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
@@ -520,6 +520,7 @@ def read_locked(path: Path, lock: int) -> tuple[int, bytes] | None:
         if os.fstat(fd).st_ino != os.stat(path).st_ino:
             raise FileNotFoundError(path)
         with os.fdopen(os.dup(fd), "rb") as file:
+            file.seek(start)
             return fd, file.read()
     except OSError:
         os.close(fd)
