@@ -15,7 +15,6 @@ to the pool half-read.
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import os
@@ -436,6 +435,8 @@ class HTTPTransport(_PooledTransport):
         proxy_headers: dict[str, str] = {}
         if proxy is not None:
             if proxy.username:
+                import base64  # here: only a proxy with credentials needs it
+
                 credentials = (
                     f"{urllib.parse.unquote(proxy.username)}:{urllib.parse.unquote(proxy.password or '')}"
                 )

@@ -5,7 +5,8 @@ wakes it; from then on it keeps requests in flight for as long as messages wait.
 barrier: whenever a request slot is free it takes the next message whose user's lane allows it
 (``lanes.py``: an identify waits for its user's earlier messages; tracks go together up to a per-user
 limit), so a slow or busy user never holds up the others. How many slots there are is the
-adaptive limit of ``limiter.py``; the I/O that carries the requests is ``connections.py``.
+adaptive limit of ``limiter.py``; the I/O that carries the requests is ``connections.py`` (and its
+event loop, ``event_loop.py``).
 
 A message that is worth retrying keeps its slot while it waits: a sick API slows delivery down
 instead of multiplying the load on it. A message that cannot be delivered now is handed on to the

@@ -1,4 +1,4 @@
-"""The I/O loop that carries the worker's attempts: deadlines, against a real local server."""
+"""The event loop that carries the default transport's attempts: deadlines, against a real local server."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from collections.abc import Iterator
 import pytest
 
 import flameup_analytics as fa
-from flameup_analytics.connections import Exchange, LoopCarrier
+from flameup_analytics.connections import Exchange
+from flameup_analytics.event_loop import LoopCarrier
 from flameup_analytics.message import STANDARD, track_body
 from flameup_analytics.queue import Wakeup
 from flameup_analytics.testing import Fault, LocalServer
