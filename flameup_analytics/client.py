@@ -570,6 +570,10 @@ class Client:
         started = time.monotonic()
         try:
             baseline = self._flush_baseline
+            if self.relay is not None:
+                # First: records the relay writer must hand to the in-process worker (its
+                # directory removed, and not made again) are then part of what this call awaits.
+                self.relay.check_directory()
             worker = self._worker
             if worker is None:
                 settled = len(self._queue) == 0

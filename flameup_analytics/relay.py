@@ -433,12 +433,18 @@ class RelayWriter:
 
     # --- flush, stats, close -----------------------------------------------------------------
 
+    def check_directory(self) -> None:
+        """Move off the open segment now if its directory was removed (as the periodic check
+        does): what it rescues goes to a new segment, or to the fallback."""
+        with self._lock:
+            self._check_reachable()
+
     def flush(self, timeout: float) -> bool:
         """Wait until the relay's acks cover every record this process wrote before the call
         (delivered or rejected by the API); False at the deadline."""
         deadline = time.monotonic() + timeout
+        self.check_directory()
         with self._lock:
-            self._check_reachable()
             current, current_path = self._fd, self._path
             segments = list(self._segments)
         targets: dict[Path, int] = {}

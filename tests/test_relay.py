@@ -332,6 +332,29 @@ def test_the_directory_removed_under_a_running_relay_loses_nothing_tracked_after
         _stop_relays(directory)
 
 
+def test_appends_to_a_removed_directory_that_cannot_be_made_again_are_delivered_in_process(
+    server: LocalServer, tmp_path: Path
+) -> None:
+    directory = tmp_path / "spool"
+    client = _relay_client(server, directory)
+    relay = None
+    try:
+        client.track("u", "e", idempotency_key="before")
+        assert client.flush(timeout=30)
+        relay = relay_pid(directory)
+        shutil.rmtree(directory)
+        directory.write_text("a file where the directory was")
+        for number in range(10):
+            client.track("u", "e", idempotency_key=f"orphaned{number}")
+        assert client.flush(timeout=30)
+        assert {f"orphaned{n}" for n in range(10)} <= set(_delivered_keys(server))
+        assert client.relay.stats().fallbacks >= 10  # type: ignore[union-attr]
+    finally:
+        client.shutdown()
+        if relay:  # its directory is gone: no lock file says where it is
+            os.kill(relay, signal.SIGTERM)
+
+
 def test_a_relay_whose_directory_was_removed_is_elected_again_unless_another_relay_was_first(
     server: LocalServer, tmp_path: Path
 ) -> None:
