@@ -229,8 +229,13 @@ class RelayWriter:
         with self._lock:
             if self._fd >= 0 and self._written_bytes < self._limit:
                 return self._fd  # another thread made it meanwhile
-            self._retire()
-            fd = self._open_segment()
+            full = self._fd
+            # A directory removed since the last check: what the full segment got meanwhile is
+            # rescued now (to a new segment), since a retired segment is no longer looked at.
+            self._check_reachable()
+            if self._fd == full or self._written_bytes >= self._limit:
+                self._retire()
+            fd = self._fd if self._fd >= 0 else self._open_segment()
         if fd >= 0:
             self._ensure_checker()
         return fd

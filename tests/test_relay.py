@@ -419,6 +419,21 @@ def test_a_writer_whose_directory_was_removed_writes_what_followed_again_or_hand
     writer.close()
 
 
+def test_a_segment_filled_after_its_directory_was_removed_is_rescued_before_the_next_one(
+    tmp_path: Path,
+) -> None:
+    directory = tmp_path / "spool"
+    record = len(encode_record(_message(0), 0.0))
+    writer = RelayWriter(DiskSpool(directory), {}, start_relay=False, segment_bytes=3 * record)
+    writer.append(_message(0))
+    writer.check()
+    shutil.rmtree(directory)
+    for number in range(1, 6):  # the removed segment fills at 3 and the next one is made at 4
+        assert writer.append(_message(number))
+    assert _keys_in(directory) == ["k1", "k2", "k3", "k4", "k5"]
+    writer.close()
+
+
 def test_an_unwritable_directory_falls_back_to_the_in_process_worker_and_says_so_once(
     server: LocalServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
