@@ -78,7 +78,8 @@ class RelayStats:
     #: Records this process appended to its relay segments (not counted in ``Stats.enqueued``).
     written: int
     #: Messages that went to the in-process worker instead (the directory full or unwritable):
-    #: counted in ``Stats.enqueued`` and the rest of ``Stats`` like any in-process message.
+    #: counted in ``Stats.enqueued`` and the rest of ``Stats`` like any in-process message. Records
+    #: rescued from a removed directory that could not be made again count here and in ``written``.
     fallbacks: int
     #: Relays this process started.
     relays_started: int
