@@ -159,7 +159,10 @@ def test_block_runs_against_the_local_server(block: Block, server: LocalServer, 
 
 @pytest.mark.parametrize("block", block_params([b for b in BLOCKS if b.partial is not None]))
 def test_partial_block_is_valid_python(block: Block) -> None:
-    compile(block.code, block.id, "exec")
+    try:
+        compile(block.code, block.id, "exec")
+    except SyntaxError as exc:
+        pytest.fail(f"{block.id} (line {block.line}) is not valid Python: {exc}")
 
 
 # --- the API reference -------------------------------------------------------------------------

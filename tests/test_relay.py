@@ -283,16 +283,22 @@ def test_a_client_starting_a_relay_rotates_a_large_relay_log_and_keeps_a_small_o
     assert log.stat().st_size < LOG_MAX_BYTES and b"from relays long gone" not in log.read_bytes()
 
 
+def _relay_client_delivering(server: LocalServer, directory: Path) -> tuple[fa.Client, int]:
+    """A relay-mode client whose first event was delivered, and the relay it started for it."""
+    client = _relay_client(server, directory)
+    client.track("u", "e", idempotency_key="before")
+    assert client.flush(timeout=30)
+    pid = relay_pid(directory)
+    assert pid
+    return client, pid
+
+
 def test_a_killed_relay_is_replaced_by_the_next_check_of_a_client(
     server: LocalServer, tmp_path: Path
 ) -> None:
     directory = tmp_path / "spool"
-    client = _relay_client(server, directory)
+    client, first = _relay_client_delivering(server, directory)
     try:
-        client.track("u", "e", idempotency_key="before")
-        assert client.flush(timeout=30)
-        first = relay_pid(directory)
-        assert first
         os.kill(first, signal.SIGKILL)
         assert wait_until(lambda: relay_pid(directory) not in (None, first), 15)
         client.track("u", "e", idempotency_key="after")
@@ -307,12 +313,8 @@ def test_the_directory_removed_under_a_running_relay_loses_nothing_tracked_after
     server: LocalServer, tmp_path: Path
 ) -> None:
     directory = tmp_path / "spool"
-    client = _relay_client(server, directory)
+    client, relay = _relay_client_delivering(server, directory)
     try:
-        client.track("u", "e", idempotency_key="before")
-        assert client.flush(timeout=30)
-        relay = relay_pid(directory)
-        assert relay
         shutil.rmtree(directory)
         # At once: these go to the removed segment, until the client's next check sees it gone.
         for number in range(20):
@@ -336,12 +338,8 @@ def test_appends_to_a_removed_directory_that_cannot_be_made_again_are_delivered_
     server: LocalServer, tmp_path: Path
 ) -> None:
     directory = tmp_path / "spool"
-    client = _relay_client(server, directory)
-    relay = None
+    client, relay = _relay_client_delivering(server, directory)
     try:
-        client.track("u", "e", idempotency_key="before")
-        assert client.flush(timeout=30)
-        relay = relay_pid(directory)
         shutil.rmtree(directory)
         directory.write_text("a file where the directory was")
         for number in range(10):
@@ -351,8 +349,7 @@ def test_appends_to_a_removed_directory_that_cannot_be_made_again_are_delivered_
         assert client.relay.stats().fallbacks >= 10  # type: ignore[union-attr]
     finally:
         client.shutdown()
-        if relay:  # its directory is gone: no lock file says where it is
-            os.kill(relay, signal.SIGTERM)
+        os.kill(relay, signal.SIGTERM)  # its directory is gone: no lock file says where it is
 
 
 def test_a_relay_whose_directory_was_removed_is_elected_again_unless_another_relay_was_first(
