@@ -98,6 +98,15 @@ class _Segment:
     def admitted_all(self) -> bool:
         return self.next >= len(self.records)
 
+    def extend_final_run(self) -> int:
+        """Extend the run of final records past those that became final; its new end."""
+        final = self.final
+        run = self.final_run
+        while run < len(final) and final[run]:
+            run += 1
+        self.final_run = run
+        return run
+
 
 class Worker:
     """The dispatcher thread of one client (see the module docstring).
@@ -589,7 +598,7 @@ class Worker:
     def _close_segment_if_done(self, segment: _Segment) -> None:
         """Ack the unbroken run of final records; delete the segment once all are final, or
         release it when the pass stopped and nothing of it is in flight."""
-        acked = _extend_final_run(segment)
+        acked = segment.extend_final_run()
         if acked == len(segment.final) and segment.admitted_all:
             assert self._spool is not None
             self._spool.forget_bytes(segment.reader.size)
@@ -617,7 +626,7 @@ class Worker:
             return
         segment, self._segment = self._segment, None
         if segment is not None:
-            acked = _extend_final_run(segment)
+            acked = segment.extend_final_run()
             if acked > segment.acked:
                 segment.reader.ack(segment.records[acked - 1].end)
             segment.reader.release()
@@ -645,16 +654,6 @@ class Worker:
             wait = min(next(self._replay_waits), self._replay_interval)
             self._replay_due = now + max(wait, self._replay_retry_after)
             self._replay_retry_after = 0.0
-
-
-def _extend_final_run(segment: _Segment) -> int:
-    """Extend the segment's run of final records past those that became final; its new end."""
-    final = segment.final
-    run = segment.final_run
-    while run < len(final) and final[run]:
-        run += 1
-    segment.final_run = run
-    return run
 
 
 def _retry_after(outcome: Outcome) -> float:
