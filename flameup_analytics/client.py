@@ -73,8 +73,9 @@ class _Recorder(Protocol):
     def _get_person(self, user_id: str) -> dict[str, Any] | None: ...
 
 
-#: The active capture, if any. Set only by ``flameup_analytics.testing.capture``, which also clears
-#: ``_queue_directly`` on every live client so their messages reach ``_enqueue_slowly``.
+#: The active capture, if any. Set only by ``flameup_analytics.testing.capture``, which also has
+#: every live client recompute its hot path's flags (``_route``) so their messages reach
+#: ``_enqueue_slowly``.
 _recorder: _Recorder | None = None
 
 
@@ -238,11 +239,14 @@ class Client:
         self._bypassed = 0
         #: The ledger's count of messages that did not reach the API, when flush() last returned.
         self._flush_baseline = 0
-        #: One flag for the hot path: anything but "queue it" takes the slow branch.
-        self._queue_directly = self._may_queue_directly()
+        self._route()
 
-    def _may_queue_directly(self) -> bool:
-        return not (self.disabled or self.sync_mode or self._closed or self.relay) and _recorder is None
+    def _route(self) -> None:
+        """Set the hot path's two flags: anything but "queue it" or "relay it" takes the slow branch."""
+        self._queue_directly = (
+            not (self.disabled or self.sync_mode or self._closed or self.relay) and _recorder is None
+        )
+        self._relay_directly = self.relay if not self._closed and _recorder is None else None
 
     def _relay_writer(self, spool_dir: object) -> RelayWriter:
         _config.require(not self.sync_mode, "delivery='relay' cannot be combined with sync_mode", "delivery")
@@ -257,9 +261,9 @@ class Client:
         )
 
     def _reroute(self) -> None:
-        """Recompute the hot path's flag, as a capture begins or ends."""
+        """Recompute the hot path's flags, as a capture begins or ends."""
         with self._shutdown_lock:  # so a concurrent shutdown() is never undone
-            self._queue_directly = self._may_queue_directly()
+            self._route()
 
     def _after_fork_in_child(self) -> None:
         """Start empty in a forked child: the parent still owns, and delivers, what it had queued.
@@ -356,7 +360,11 @@ class Client:
             if self._worker is None:
                 self._start_worker()
             return
-        self._enqueue_slowly((kind, user_id, body, keys.next_number() if key is None else key))
+        message = (kind, user_id, body, keys.next_number() if key is None else key)
+        relay = self._relay_directly
+        if relay is not None and (relay.append(message) or self._queue_in_process(message)):
+            return  # in relay mode's segment, else (the directory full or unwritable) in the memory queue
+        self._enqueue_slowly(message)
 
     def _enqueue_slowly(self, message: Queued) -> None:
         recorder = _recorder
@@ -364,8 +372,6 @@ class Client:
             recorder._record(message)
             return
         if self.disabled:
-            return
-        if self.relay is not None and not self._closed and self._relayed(self.relay, message):
             return
         with self._shutdown_lock:
             self._bypassed += 1
@@ -379,11 +385,6 @@ class Client:
     def _hand_on_full(self, message: Queued) -> None:
         full = f"the memory queue is full (max_queue_size={self.max_queue_size})"
         self._ledger.hand_on([message], DeliveryError("queue_full", full))
-
-    def _relayed(self, relay: RelayWriter, message: Queued) -> bool:
-        """Relay mode: into this process's segment, else (the directory full or unwritable) to the
-        in-process worker; False when the memory queue is full too."""
-        return relay.append(message) or self._queue_in_process(message)
 
     def _queue_in_process(self, message: Queued) -> bool:
         if not self._queue.put(message):
@@ -638,7 +639,7 @@ class Client:
             if self._closed:
                 return
             self._closed = True
-            self._queue_directly = False
+            self._route()
         lifecycle.unregister(self)
         try:
             worker = self._worker

@@ -42,6 +42,26 @@ def test_track_body_has_exactly_the_documented_keys_and_the_call_time() -> None:
     }
 
 
+@pytest.mark.parametrize(
+    ("external_id", "event", "parameters"),
+    [
+        ("user_1", "page_viewed", {"page": "/pricing", "amount": 19.9, "n": None, "ok": True}),
+        ('quote"and\\backslash', "tab\tnew\nline", {"nested": {"list": [1, "ü", {"x": []}]}}),
+        ("ünïcødé 🔥", "\x00\x1f", {1: "int key", "é": "\u2028"}),
+        ("u", "e", {}),
+    ],
+)
+def test_the_track_envelope_written_as_text_is_exactly_what_the_encoder_makes_of_the_payload(
+    external_id: str, event: str, parameters: dict[Any, Any]
+) -> None:
+    codec = message.Codec(message.with_json_default(str))
+    payload = {"external_id": external_id, "event": event, "parameters": parameters, "timestamp": "T"}
+    body = codec.encode_track(external_id, event, parameters, "T")
+    assert body == codec.encode(payload, {})
+    assert json.loads(body) == json.loads(json.dumps(payload))
+    assert message.unpack(body)[:3] == (message.TRACK, external_id, body)
+
+
 def test_identify_body_has_exactly_the_documented_keys() -> None:
     user_id, body = message.identify_body("user_9", {"email": "jane@example.com"}, 32 * 1024)
     assert user_id == "user_9"
