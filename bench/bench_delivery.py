@@ -418,15 +418,22 @@ def floors(bench: Bench, server: ApiServer) -> dict[str, Any]:
 def import_time(bench: Bench) -> dict[str, Any]:
     count = bench.config["imports"]
     bench.progress(f"import time, {count} fresh interpreters each")
+    bare = bare_python(bench.scratch)
     out: dict[str, Any] = {}
     for contender in bench.contenders:
         module = IMPORTS[contender.sdk]
         env = contender.environment()
+        interpreter = contender.python
+        if not contender.is_peer:
+            # Not this project's venv: its site hooks (the editable install's finder) import
+            # pathlib, re, enum and urllib.parse before the timer starts. The peers' venv has
+            # none; neither has this one, which finds the SDK on PYTHONPATH.
+            interpreter, env["PYTHONPATH"] = bare, contender.pythonpath or ROOT
         code = f"import time; t = time.perf_counter(); import {module}; print(time.perf_counter() - t)"
         samples = []
 
         def python(
-            *arguments: str, interpreter: str = contender.python, env: dict[str, str] = env
+            *arguments: str, interpreter: str = interpreter, env: dict[str, str] = env
         ) -> subprocess.CompletedProcess[str]:
             # Run outside the repository: ``-c`` puts the working directory first on sys.path,
             # where the working tree's package would shadow a snapshot on PYTHONPATH.
@@ -500,6 +507,14 @@ def peers_python(progress: Progress) -> str:
     subprocess.run([sys.executable, "-m", "venv", PEERS_VENV], check=True)
     subprocess.run([PEERS_PYTHON, "-m", "pip", "install", "-q", *PEER_PACKAGES], check=True)
     return PEERS_PYTHON
+
+
+def bare_python(scratch: str) -> str:
+    """A venv with nothing installed (not even pip): a fresh interpreter as a plain deployment
+    starts it, for timing imports. Made once per run."""
+    venv = os.path.join(scratch, "bare-venv")
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", "--clear", venv], check=True)
+    return os.path.join(venv, "bin", "python")
 
 
 def snapshot(ref: str, into: str) -> str:

@@ -174,9 +174,12 @@ class Worker:
         self._replay_passes = 0
         self._replay_end: ReplayEnd | None = None
         self._replay_requested = False
-        #: The pass under way: the segments still to claim, the one being sent, whether it failed.
+        #: The pass under way: the segments still to claim, the one being sent, the one before it
+        #: while its last answers come back (the next starts meanwhile: no round trip idle per
+        #: segment, and never more than two segments' records in memory), whether it failed.
         self._claims: Iterator[SegmentReader] | None = None
         self._segment: _Segment | None = None
+        self._finishing: _Segment | None = None
         self._replay_halted = False
         self._replay_retry_after = 0.0
         self._replay_waits = retry.waits()
@@ -541,17 +544,21 @@ class Worker:
             self._replay_halted = False
             self._claims = iter(self._spool.claim())
         if self._stopping:
-            # No new record; the segment is released (acked as far as it got) once those in
+            # No new record; the segments are released (acked as far as they got) once those in
             # flight are answered, so what they delivered is not sent again by the next process.
-            if self._segment is None:
+            if self._segment is None and self._finishing is None:
                 self._end_replay_pass(ReplayEnd.PAUSED)
             return
         while not self._replay_halted and not len(self._queue):
             segment = self._segment
+            if segment is not None and segment.admitted_all and self._finishing is None:
+                self._finishing, self._segment = segment, None
+                continue
             if segment is None:
                 reader = next(self._claims, None)
                 if reader is None:
-                    self._end_replay_pass(ReplayEnd.DRAINED)
+                    if self._finishing is None:
+                        self._end_replay_pass(ReplayEnd.DRAINED)
                     return
                 segment = self._segment = _Segment(reader)
                 self._close_segment_if_done(segment)
@@ -559,7 +566,7 @@ class Worker:
             if segment.admitted_all or not self._limit.has_room(self._in_flight, now):
                 return
             self._admit_record(segment)
-        if self._replay_halted and self._segment is None:
+        if self._replay_halted and self._segment is None and self._finishing is None:
             self._end_replay_pass(ReplayEnd.FAILED)
 
     def _replay_wanted(self, now: float) -> bool:
@@ -619,18 +626,21 @@ class Worker:
         segment.closed = True
         if self._segment is segment:
             self._segment = None
+        elif self._finishing is segment:
+            self._finishing = None
 
     def _end_replay_pass(self, end: ReplayEnd) -> None:
         claims, self._claims = self._claims, None
         if claims is None:
             return
-        segment, self._segment = self._segment, None
-        if segment is not None:
-            acked = segment.extend_final_run()
-            if acked > segment.acked:
-                segment.reader.ack(segment.records[acked - 1].end)
-            segment.reader.release()
-            segment.closed = True
+        for segment in (self._finishing, self._segment):
+            if segment is not None:
+                acked = segment.extend_final_run()
+                if acked > segment.acked:
+                    segment.reader.ack(segment.records[acked - 1].end)
+                segment.reader.release()
+                segment.closed = True
+        self._segment = self._finishing = None
         with contextlib.suppress(Exception):
             close = getattr(claims, "close", None)
             if close is not None:

@@ -377,6 +377,79 @@ def test_a_message_waiting_to_be_retried_keeps_its_slot() -> None:
     assert requests == [0, 0, 1, 2]
 
 
+def two_segments(directory: Path) -> None:
+    """Messages 0-2 in one segment, 3-5 in the next, each of its own user."""
+    spool = DiskSpool(directory, segment_bytes=1)  # each store fills a segment of its own
+    for first in (0, 3):
+        users = [f"user_{n}" for n in range(first, first + 3)]
+        assert (
+            spool.store([Message("track", u, track_body(u, int(u[5:])), f"key-{u[5:]}") for u in users]) == 3
+        )
+    spool.close()
+    assert len(spool.segments()) == 2
+
+
+def holding_the_first_segments_last_answer(status: int) -> tuple[fa.MockTransport, list[bool], list[int]]:
+    """A transport that answers message 2 (with ``status``) only once the next segment began."""
+    second_began = threading.Event()
+    held_until_it_began: list[bool] = []
+    delivered: list[int] = []
+
+    def handler(request: fa.Request) -> fa.Response:
+        n = json.loads(request.body or b"{}")["parameters"]["n"]
+        if n >= 3:
+            second_began.set()
+        if n == 2:
+            held_until_it_began.append(second_began.wait(10))
+            if status != 200:
+                return fa.Response(status)
+        delivered.append(n)
+        return fa.Response(200)
+
+    return fa.MockTransport(handler), held_until_it_began, delivered
+
+
+def test_the_next_segment_is_replayed_while_the_last_answers_of_one_come_back(tmp_path: Path) -> None:
+    # One segment after the other, the API would sit one round trip idle between segments.
+    two_segments(tmp_path)
+    transport, held_until_it_began, delivered = holding_the_first_segments_last_answer(200)
+    client = fa.Client(api_key=API_KEY, transport=transport, spool_dir=tmp_path)
+    try:
+        assert client.replay_spool(timeout=30)
+    finally:
+        client.shutdown()
+    assert held_until_it_began == [True]
+    assert sorted(delivered) == list(range(6)) and not DiskSpool(tmp_path).segments()
+
+
+def test_a_failure_in_a_segment_finishing_beside_the_next_keeps_only_what_failed(tmp_path: Path) -> None:
+    two_segments(tmp_path)
+    transport, held_until_it_began, delivered = holding_the_first_segments_last_answer(503)
+    client = fa.Client(
+        api_key=API_KEY, transport=transport, spool_dir=tmp_path, retry=fa.RetryPolicy(max_retries=0)
+    )
+    try:
+        assert not client.replay_spool(timeout=30)
+    finally:
+        client.shutdown()
+    assert held_until_it_began == [True]
+    assert sorted(delivered) == [0, 1, 3, 4, 5]
+    # The second segment was final and is gone; the first keeps message 2 alone, sent once more.
+    assert len(DiskSpool(tmp_path).segments()) == 1
+    delivered_later: list[int] = []
+
+    def deliver(request: fa.Request) -> fa.Response:
+        delivered_later.append(json.loads(request.body or b"{}")["parameters"]["n"])
+        return fa.Response(200)
+
+    client = fa.Client(api_key=API_KEY, transport=fa.MockTransport(deliver), spool_dir=tmp_path)
+    try:
+        assert client.replay_spool(timeout=30)
+    finally:
+        client.shutdown()
+    assert delivered_later == [2] and not DiskSpool(tmp_path).segments()
+
+
 # --- warnings at most once a minute -------------------------------------------------------------
 
 
