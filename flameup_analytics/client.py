@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
 import os
@@ -185,7 +184,7 @@ class Client:
         debug = _config.flag("debug", debug)
         retry = _config.instance("retry", retry, RetryPolicy, RetryPolicy)
         if max_retries is not _UNSET:
-            retry = dataclasses.replace(retry, max_retries=_config.count("max_retries", max_retries, 0))
+            retry = retry.replace(max_retries=_config.count("max_retries", max_retries, 0))
         self.retry: RetryPolicy = retry
         if debug:
             _enable_debug_logging()

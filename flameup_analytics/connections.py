@@ -20,7 +20,6 @@ import collections
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from .errors import ConfigurationError, FlameupError, TransportError
@@ -31,13 +30,16 @@ if TYPE_CHECKING:
     from queue import SimpleQueue
 
 
-@dataclass(frozen=True, eq=False)  # compared by identity: a key of the loop's route cache
 class RequestTemplate:
-    """What every request of one kind shares: all but the body and the idempotency key."""
+    """What every request of one kind shares: all but the body and the idempotency key. Compared
+    by identity: it is a key of the loop's route cache."""
 
-    method: str
-    url: str
-    headers: Mapping[str, str]
+    __slots__ = ("method", "url", "headers")
+
+    def __init__(self, method: str, url: str, headers: Mapping[str, str]) -> None:
+        self.method = method
+        self.url = url
+        self.headers = headers
 
     def request(self, key: str, body: bytes) -> Request:
         headers = dict(self.headers)

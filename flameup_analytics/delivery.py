@@ -9,8 +9,8 @@ import enum
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
+from ._value import Value, set_field
 from .errors import APIError, ConfigurationError, FlameupError, TransportError
 from .retry import AUTH_STATUSES, RetryPolicy, parse_retry_after
 from .transport import Request, Response, Transport
@@ -35,15 +35,27 @@ class Result(enum.Enum):
     ABORTED = "aborted"
 
 
-@dataclass(frozen=True)
-class Outcome:
+class Outcome(Value):
     """Where the attempts to send one message ended: the result, how many requests were made,
     the last answer (None when none came) and the error behind a failure."""
 
+    __slots__ = ("result", "attempts", "response", "error")
     result: Result
     attempts: int
-    response: Response | None = None
-    error: FlameupError | None = None
+    response: Response | None
+    error: FlameupError | None
+
+    def __init__(
+        self,
+        result: Result,
+        attempts: int,
+        response: Response | None = None,
+        error: FlameupError | None = None,
+    ) -> None:
+        set_field(self, "result", result)
+        set_field(self, "attempts", attempts)
+        set_field(self, "response", response)
+        set_field(self, "error", error)
 
     @property
     def status(self) -> int | None:
@@ -81,15 +93,24 @@ def judge(response: Response | None, error: FlameupError | None, policy: RetryPo
     return Verdict(None, failure, retry_after, overload=status in OVERLOAD_STATUSES)
 
 
-@dataclass(frozen=True)
-class Verdict:
+class Verdict(Value):
     """:func:`judge`'s answer: ``result`` is None when the attempt is worth retrying."""
 
+    __slots__ = ("result", "error", "retry_after", "overload")
     result: Result | None
     error: FlameupError | None
-    retry_after: float | None = None
+    retry_after: float | None
     #: Whether it says the API (or the way to it) is overloaded: the concurrency limit shrinks.
-    overload: bool = False
+    overload: bool
+
+    def __init__(
+        self,
+        result: Result | None,
+        error: FlameupError | None,
+        retry_after: float | None = None,
+        overload: bool = False,
+    ) -> None:
+        self._set(result, error, retry_after, overload)
 
 
 _DELIVERED = Verdict(Result.DELIVERED, None)

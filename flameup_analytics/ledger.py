@@ -10,9 +10,9 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Literal
 
+from ._value import Value
 from .delivery import Outcome, Result
 from .errors import DeliveryError, FlameupError
 from .message import Message, Queued, public
@@ -25,10 +25,10 @@ ErrorCallback = Callable[[FlameupError, list[Message]], object]
 OutcomeResult = Literal["delivered", "rejected", "dropped", "spooled"]
 
 
-@dataclass(frozen=True)
-class MessageOutcome:
+class MessageOutcome(Value):
     """Where one message ended, as passed to ``on_outcome``: for metrics without subclassing."""
 
+    __slots__ = ("message", "result", "status", "attempts", "error")
     message: Message
     #: ``"delivered"``, ``"rejected"``, ``"dropped"`` or ``"spooled"`` (to be replayed later).
     result: OutcomeResult
@@ -38,6 +38,16 @@ class MessageOutcome:
     attempts: int
     #: Why it was not delivered, if it was not.
     error: FlameupError | None
+
+    def __init__(
+        self,
+        message: Message,
+        result: OutcomeResult,
+        status: int | None,
+        attempts: int,
+        error: FlameupError | None,
+    ) -> None:
+        self._set(message, result, status, attempts, error)
 
     @property
     def kind(self) -> str:
@@ -62,8 +72,7 @@ _REJECTION_HINTS = {
 }
 
 
-@dataclass(frozen=True)
-class Stats:
+class Stats(Value):
     """A snapshot of a client's counters.
 
     Every message accepted by ``track``/``identify`` (``enqueued``) or read back from the spool
@@ -72,6 +81,21 @@ class Stats:
     ``enqueued + replayed == queued + delivered + rejected + dropped + spooled + filtered``.
     """
 
+    __slots__ = (
+        "queued",
+        "enqueued",
+        "delivered",
+        "rejected",
+        "retried",
+        "dropped",
+        "spooled",
+        "replayed",
+        "internal_errors",
+        "corrupt",
+        "concurrency",
+        "filtered",
+        "relay",
+    )
     #: Waiting in memory now, including requests in flight.
     queued: int
     #: Accepted by ``track``/``identify`` since the client started (in this process).
@@ -94,13 +118,45 @@ class Stats:
     corrupt: int
     #: The adaptive limit on requests in flight now (0 while no worker runs): it grows while a
     #: backlog waits and answers stay fast, and shrinks on 429/503, timeouts and slower answers.
-    concurrency: int = 0
+    concurrency: int
     #: Dropped by the client's ``before_send`` (it returned None): on purpose, never an error.
-    filtered: int = 0
+    filtered: int
     #: Relay mode (``delivery="relay"``): this process's appends and the relay's counters; None in
     #: the in-process mode. The fields above count only what the in-process worker handles
     #: there: the messages that fell back to it (``relay.fallbacks``).
-    relay: RelayStats | None = None
+    relay: RelayStats | None
+
+    def __init__(
+        self,
+        queued: int,
+        enqueued: int,
+        delivered: int,
+        rejected: int,
+        retried: int,
+        dropped: int,
+        spooled: int,
+        replayed: int,
+        internal_errors: int,
+        corrupt: int,
+        concurrency: int = 0,
+        filtered: int = 0,
+        relay: RelayStats | None = None,
+    ) -> None:
+        self._set(
+            queued,
+            enqueued,
+            delivered,
+            rejected,
+            retried,
+            dropped,
+            spooled,
+            replayed,
+            internal_errors,
+            corrupt,
+            concurrency,
+            filtered,
+            relay,
+        )
 
 
 class Ledger:

@@ -6,7 +6,6 @@ over the message; the slow Python walk that pinpoints a bad value runs only afte
 
 from __future__ import annotations
 
-import datetime as dt
 import enum
 import itertools
 import json
@@ -17,12 +16,13 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple
 
+from ._value import Value, set_field
 from .errors import ValidationError
 
 if TYPE_CHECKING:
+    import datetime as dt
     from decimal import Decimal
 
 logger = logging.getLogger("flameup_analytics")
@@ -159,13 +159,22 @@ def now_timestamp() -> str:
     return stamp
 
 
+def is_datetime(value: object) -> bool:
+    """Whether ``value`` is a ``datetime.datetime``. Like a Decimal or a UUID (see ``_to_json``),
+    a datetime exists only once its module was imported: this package does not import it (1 ms)."""
+    datetime = sys.modules.get("datetime")
+    return datetime is not None and isinstance(value, datetime.datetime)
+
+
 def format_datetime(value: dt.datetime) -> str:
     """ISO 8601 UTC with milliseconds and ``Z``; a naive datetime is taken to be UTC already.
 
     Raises ValueError for an aware datetime whose UTC time falls outside the years 1-9999."""
     if value.tzinfo is not None:
+        import datetime  # loaded: ``value`` is one of its objects
+
         try:
-            value = value.astimezone(dt.timezone.utc)
+            value = value.astimezone(datetime.timezone.utc)
         except OverflowError:
             raise ValueError(f"{value.isoformat()} is outside the years 1-9999 in UTC") from None
     # Formatted by hand: strftime("%Y") does not pad years before 1000 on every platform.
@@ -201,13 +210,14 @@ def _decimal_to_json(value: Decimal) -> int | float:
 
 def _to_json(value: Any) -> Any:
     """Conversions for values with one obvious JSON form; anything else is an error."""
-    if isinstance(value, dt.datetime):
-        return format_datetime(value)
-    if isinstance(value, (dt.date, dt.time)):
-        return value.isoformat()
-    # A Decimal or a UUID exists only once its module was imported: no need to import them here
-    # (which every program would pay for at import).
-    decimal, uuid = sys.modules.get("decimal"), sys.modules.get("uuid")
+    # A datetime, a Decimal or a UUID exists only once its module was imported: no need to import
+    # them here (which every program would pay for at import).
+    datetime, decimal, uuid = sys.modules.get("datetime"), sys.modules.get("decimal"), sys.modules.get("uuid")
+    if datetime is not None:
+        if isinstance(value, datetime.datetime):
+            return format_datetime(value)
+        if isinstance(value, (datetime.date, datetime.time)):
+            return value.isoformat()
     if decimal is not None and isinstance(value, decimal.Decimal):
         return _decimal_to_json(value)
     if uuid is not None and isinstance(value, uuid.UUID):
@@ -557,7 +567,7 @@ def track_body(
     parameters = require_mapping(parameters, "parameters")
     if timestamp is None:
         stamp = now_timestamp()
-    elif isinstance(timestamp, dt.datetime):
+    elif is_datetime(timestamp):
         try:
             stamp = format_datetime(timestamp)
         except ValueError as exc:
@@ -600,15 +610,15 @@ def transactional_body(
 # --- before_send -----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
+class Event(Value):
     """A ``track`` or ``identify`` call as a client's ``before_send`` sees it, checked and not yet
-    encoded. Frozen: return a changed copy, ``dataclasses.replace(event, properties={...})``.
+    encoded. Frozen: return a changed copy, ``event.replace(properties={...})``.
 
     ``properties`` is the call's ``parameters`` (track, with ``default_parameters`` merged in) or
     ``traits`` (identify): a copy, so changing it in place never changes the caller's own dict.
     """
 
+    __slots__ = ("kind", "user_id", "properties", "name", "timestamp")
     #: ``"track"`` or ``"identify"``; a returned event must keep it.
     kind: Kind
     #: ``external_id`` (track) or ``user_id`` (identify).
@@ -616,9 +626,23 @@ class Event:
     #: ``parameters`` or ``traits``.
     properties: dict[Any, Any]
     #: The event's name (track); None for identify.
-    name: str | None = None
+    name: str | None
     #: track's ``timestamp=``; None means the time of the call (and always for identify).
-    timestamp: dt.datetime | None = None
+    timestamp: dt.datetime | None
+
+    def __init__(
+        self,
+        kind: Kind,
+        user_id: str,
+        properties: dict[Any, Any],
+        name: str | None = None,
+        timestamp: dt.datetime | None = None,
+    ) -> None:
+        set_field(self, "kind", kind)
+        set_field(self, "user_id", user_id)
+        set_field(self, "properties", properties)
+        set_field(self, "name", name)
+        set_field(self, "timestamp", timestamp)
 
 
 #: ``before_send(event)``: the event to send (itself, or a changed copy), or None to drop it.
@@ -667,7 +691,7 @@ def track_event(
 ) -> Event:
     """A track() call as an :class:`Event`, its arguments checked (the body is checked in full
     later), ``defaults`` merged under its parameters."""
-    if timestamp is not None and not isinstance(timestamp, dt.datetime):
+    if timestamp is not None and not is_datetime(timestamp):
         raise _not_a_datetime(timestamp)
     given = require_mapping(parameters, "parameters")
     properties = {**defaults, **given} if defaults else dict(given)

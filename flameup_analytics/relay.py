@@ -27,7 +27,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -37,6 +36,7 @@ except ImportError:  # Windows: no relay mode (Client refuses it)
     fcntl = None  # type: ignore[assignment]
 
 from ._spool_format import decode_ack, decode_records, encode_record
+from ._value import Value
 from .lanes import Ordering
 from .message import Queued
 from .spool import DEFAULT_SEGMENT_BYTES, DiskSpool, ack_path, measure, open_segment, reachable
@@ -66,8 +66,7 @@ _START_INTERVAL = 2.0
 Fsync = Literal["never", "interval", "always"]
 
 
-@dataclass(frozen=True)
-class RelayStats:
+class RelayStats(Value):
     """Relay mode's counters (``client.stats().relay``): this process's writes, and the counters
     of the directory's relay as its status file (``relay.json``) last gave them.
 
@@ -75,6 +74,23 @@ class RelayStats:
     (a new relay starts again from 0); they are 0, and ``updated`` None, until a relay wrote its
     status."""
 
+    __slots__ = (
+        "written",
+        "fallbacks",
+        "relays_started",
+        "pid",
+        "delivered",
+        "rejected",
+        "retried",
+        "backlog_records",
+        "backlog_bytes",
+        "backlog_oldest",
+        "delivery_rate",
+        "concurrency",
+        "last_error",
+        "last_error_at",
+        "updated",
+    )
     #: Records this process appended to its relay segments (not counted in ``Stats.enqueued``).
     written: int
     #: Messages that went to the in-process worker instead (the directory full or unwritable):
@@ -87,25 +103,61 @@ class RelayStats:
     #: it); None when none runs.
     pid: int | None
     #: Records the relay saw accepted by the API (2xx).
-    delivered: int = 0
+    delivered: int
     #: Records the API refused for good (a final 4xx).
-    rejected: int = 0
+    rejected: int
     #: Retry attempts the relay made.
-    retried: int = 0
+    retried: int
     #: Records waiting in the directory's segments (after their acks), and their bytes.
-    backlog_records: int = 0
-    backlog_bytes: int = 0
+    backlog_records: int
+    backlog_bytes: int
     #: When the oldest waiting record was written (Unix time); None when nothing waits.
-    backlog_oldest: float | None = None
+    backlog_oldest: float | None
     #: Records delivered per second, over the relay's last status interval.
-    delivery_rate: float = 0.0
+    delivery_rate: float
     #: The relay's adaptive limit on requests in flight.
-    concurrency: int = 0
+    concurrency: int
     #: The relay's last delivery error, and when (Unix time); None when it had none.
-    last_error: str | None = None
-    last_error_at: float | None = None
+    last_error: str | None
+    last_error_at: float | None
     #: When the relay wrote these counters (Unix time); None when there is no status file.
-    updated: float | None = None
+    updated: float | None
+
+    def __init__(
+        self,
+        written: int,
+        fallbacks: int,
+        relays_started: int,
+        pid: int | None,
+        delivered: int = 0,
+        rejected: int = 0,
+        retried: int = 0,
+        backlog_records: int = 0,
+        backlog_bytes: int = 0,
+        backlog_oldest: float | None = None,
+        delivery_rate: float = 0.0,
+        concurrency: int = 0,
+        last_error: str | None = None,
+        last_error_at: float | None = None,
+        updated: float | None = None,
+    ) -> None:
+        self._set(
+            written,
+            fallbacks,
+            relays_started,
+            pid,
+            delivered,
+            rejected,
+            retried,
+            backlog_records,
+            backlog_bytes,
+            backlog_oldest,
+            delivery_rate,
+            concurrency,
+            last_error,
+            last_error_at,
+            updated,
+        )
 
     @classmethod
     def of(cls, written: int, fallbacks: int, relays_started: int, directory: Path) -> RelayStats:

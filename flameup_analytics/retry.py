@@ -1,16 +1,16 @@
 """The retry policy: which answers are worth another try, and how long to wait before it.
 
 A frozen value object (like urllib3's ``Retry``): share one between clients, derive variants with
-:func:`dataclasses.replace`. The waits come from the ``backoff`` package's generators.
+its ``replace()``. The waits come from the ``backoff`` package's generators.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 from . import _config
+from ._value import Value
 
 #: Statuses the API contract names as transient. 501 and 505 are 5xx but retrying cannot fix them.
 RETRYABLE_STATUSES = frozenset({408, 425, 429} | (set(range(500, 600)) - {501, 505}))
@@ -18,8 +18,7 @@ RETRYABLE_STATUSES = frozenset({408, 425, 429} | (set(range(500, 600)) - {501, 5
 AUTH_STATUSES = frozenset({401, 403})
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
+class RetryPolicy(Value):
     """Exponential backoff with full jitter, a cap per wait, and ``Retry-After`` as a minimum.
 
     Attributes:
@@ -28,17 +27,29 @@ class RetryPolicy:
         max_backoff: the cap on any single computed wait, in seconds.
         max_retry_after: a ``Retry-After`` longer than this ends the retries at once (the message is
             handed on to the spool instead of holding the worker for that long).
+
+    Frozen: ``policy.replace(max_retries=3)`` makes a changed copy.
     """
 
-    max_retries: int = 6
-    backoff_factor: float = 0.5
-    max_backoff: float = 10.0
-    max_retry_after: float = 60.0
+    __slots__ = ("max_retries", "backoff_factor", "max_backoff", "max_retry_after")
+    max_retries: int
+    backoff_factor: float
+    max_backoff: float
+    max_retry_after: float
 
-    def __post_init__(self) -> None:
-        _config.count("max_retries", self.max_retries, 0)
-        for name in ("backoff_factor", "max_backoff", "max_retry_after"):
-            _config.seconds(name, getattr(self, name), zero_allowed=True)
+    def __init__(
+        self,
+        max_retries: int = 6,
+        backoff_factor: float = 0.5,
+        max_backoff: float = 10.0,
+        max_retry_after: float = 60.0,
+    ) -> None:
+        self._set(
+            _config.count("max_retries", max_retries, 0),
+            _config.seconds("backoff_factor", backoff_factor, zero_allowed=True),
+            _config.seconds("max_backoff", max_backoff, zero_allowed=True),
+            _config.seconds("max_retry_after", max_retry_after, zero_allowed=True),
+        )
 
     @staticmethod
     def is_retryable(status: int) -> bool:

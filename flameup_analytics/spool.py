@@ -24,7 +24,6 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -44,6 +43,7 @@ from ._spool_format import (
     sequence_of,
     unacknowledged,
 )
+from ._value import Value
 from .message import Queued
 
 #: Whether this platform has what the spool needs (POSIX file locks).
@@ -571,8 +571,10 @@ def _overwrite_file(path: Path, content: bytes) -> None:
 # --- what the command line shows --------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class SpoolSummary:
+class SpoolSummary(Value):
+    """What a spool directory holds (``flameup-analytics spool inspect``)."""
+
+    __slots__ = ("directory", "segments", "messages", "bytes", "corrupt", "oldest", "newest", "locked")
     directory: Path
     segments: int
     messages: int
@@ -582,6 +584,19 @@ class SpoolSummary:
     newest: float | None
     #: Segments locked by a live process (being written or replayed), not read.
     locked: int
+
+    def __init__(
+        self,
+        directory: Path,
+        segments: int,
+        messages: int,
+        bytes: int,
+        corrupt: int,
+        oldest: float | None,
+        newest: float | None,
+        locked: int,
+    ) -> None:
+        self._set(directory, segments, messages, bytes, corrupt, oldest, newest, locked)
 
 
 def summarize(directory: Path) -> SpoolSummary:

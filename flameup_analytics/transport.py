@@ -22,11 +22,11 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, cast, runtime_checkable
 
 from . import _config
 from ._redact import redact_text, redact_url
+from ._value import Value, set_field
 from .errors import ConfigurationError, TransportError
 
 if TYPE_CHECKING:
@@ -47,23 +47,34 @@ MAX_RESPONSE_BYTES = 1024 * 1024
 MAX_HEADER_BYTES = 64 * 1024
 
 
-@dataclass(frozen=True)
-class Request:
+class Request(Value):
     """One HTTP request as the SDK builds it: method, absolute URL, headers and the JSON body."""
 
+    __slots__ = ("method", "url", "headers", "body")
     method: str
     url: str
     headers: Mapping[str, str]
-    body: bytes | None = None
+    body: bytes | None
+
+    def __init__(self, method: str, url: str, headers: Mapping[str, str], body: bytes | None = None) -> None:
+        set_field(self, "method", method)
+        set_field(self, "url", url)
+        set_field(self, "headers", headers)
+        set_field(self, "body", body)
 
 
-@dataclass(frozen=True)
-class Response:
+class Response(Value):
     """One HTTP answer: status, headers and the complete body (at most :data:`MAX_RESPONSE_BYTES`)."""
 
+    __slots__ = ("status", "headers", "body")
     status: int
-    headers: Mapping[str, str] = field(default_factory=dict)
-    body: bytes = b""
+    headers: Mapping[str, str]
+    body: bytes
+
+    def __init__(self, status: int, headers: Mapping[str, str] | None = None, body: bytes = b"") -> None:
+        set_field(self, "status", status)
+        set_field(self, "headers", {} if headers is None else headers)
+        set_field(self, "body", body)
 
     def header(self, name: str) -> str | None:
         """A header's value, looked up without regard to case."""
@@ -345,7 +356,7 @@ class _PooledTransport:
 
 class _Route(NamedTuple):
     """How to reach one URL: which pool, how to open a connection, what to put on the request line.
-    (A NamedTuple: a frozen dataclass costs ten times as much to define, at every import.)"""
+    (A NamedTuple: internal, and cheap to define.)"""
 
     pool: tuple[str, str, int, str]
     scheme: str

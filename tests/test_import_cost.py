@@ -14,9 +14,24 @@ import pytest
 #: ``RequestsTransport`` and the default transport's proxy and CA bundle lookups, ``http.client`` for
 #: its first connection (both on the worker's thread), ``asyncio`` for ``aflush()``, ``msgpack`` for
 #: the spool's first record, ``ssl`` for the first https connection. The SDK itself never needs
-#: ``decimal`` and ``uuid`` (a value of theirs exists only once the app imported them), nor
-#: ``platform``.
-DEFERRED = ["requests", "urllib3", "asyncio", "http.client", "msgpack", "ssl", "decimal", "uuid", "platform"]
+#: ``datetime``, ``decimal`` and ``uuid`` (a value of theirs exists only once the app imported them), nor
+#: ``platform``, nor ``dataclasses`` (8 ms with ``inspect``: the value types are plain classes).
+#: ``inspect`` waits for a handler decorated with ``flush_after``, ``signal`` for ``handle_signals=True``.
+DEFERRED = [
+    "requests",
+    "urllib3",
+    "asyncio",
+    "http.client",
+    "msgpack",
+    "ssl",
+    "datetime",
+    "decimal",
+    "uuid",
+    "platform",
+    "dataclasses",
+    "inspect",
+    "signal",
+]
 
 
 def loaded_after(code: str) -> set[str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime as dt
 import functools
 import json
@@ -62,7 +61,7 @@ def _iso(timestamp: float | None) -> str | None:
 
 def _inspect(args: argparse.Namespace) -> int:
     summary = summarize(_directory(args))
-    report: dict[str, Any] = dataclasses.asdict(summary)
+    report: dict[str, Any] = {name: getattr(summary, name) for name in summary.__slots__}
     report.update(directory=str(summary.directory), oldest=_iso(summary.oldest), newest=_iso(summary.newest))
     if args.json:
         print(json.dumps(report, indent=2))
