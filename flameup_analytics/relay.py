@@ -505,16 +505,19 @@ class RelayWriter:
         with self._lock:
             current, current_path = self._fd, self._path
             segments = list(self._segments)
-        targets: dict[Path, int] = {}
+        targets: list[tuple[Path, int]] = []
         for path in segments:
             try:
                 size = os.fstat(current).st_size if path == current_path else path.stat().st_size
             except OSError:
                 continue  # deleted: every record in it is final
-            targets[path] = size
+            targets.append((path, size))
         wait = 0.002
         while True:
-            targets = {path: size for path, size in targets.items() if not _final_up_to(path, size)}
+            # One ack read per poll while the oldest waits, not one per segment: a long flush
+            # polled tens of acks a hundred times a second.
+            while targets and _final_up_to(*targets[0]):
+                targets.pop(0)
             if not targets:
                 return True
             left = deadline - time.monotonic()

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 import flameup_analytics as fa
-from flameup_analytics._spool_format import appended, encode_record
+from flameup_analytics._spool_format import appended, encode_ack, encode_record
 from flameup_analytics.cli import main
 from flameup_analytics.lanes import Ordering
 from flameup_analytics.message import STANDARD, Message, track_body
@@ -35,7 +35,7 @@ from flameup_analytics.relay import (
     rotate_log,
 )
 from flameup_analytics.relay_process import Relay, RelaySpool, backlog
-from flameup_analytics.spool import DiskSpool, read_ack
+from flameup_analytics.spool import DiskSpool, ack_path, read_ack, replace_file
 from flameup_analytics.testing import Fault, LocalServer, capture
 
 from .conftest import API_KEY, WORKSPACE, wait_until
@@ -172,6 +172,23 @@ def test_the_live_segments_of_all_writers_are_sent_as_one_batch_and_acked_each_i
     assert list(RelaySpool(tmp_path).claim()) == [], "nothing new to read"
     first.close()
     second.close()
+
+
+def test_flush_waits_for_every_segment_whichever_the_relay_finishes_first(tmp_path: Path) -> None:
+    record = len(encode_record(_message(0), 0.0))
+    writer = RelayWriter(DiskSpool(tmp_path), {}, start_relay=False, segment_bytes=2 * record)
+    for number in range(6):
+        assert writer.append(_message(number))
+    oldest, *newer = DiskSpool(tmp_path).segments()
+    assert len(newer) == 2
+    for path in newer:  # the newer segments final first: flush() must still wait for the oldest
+        replace_file(ack_path(path), encode_ack(path.stat().st_size))
+    assert writer.flush(timeout=0.2) is False
+    replace_file(ack_path(oldest), encode_ack(oldest.stat().st_size - record))
+    assert writer.flush(timeout=0.2) is False, "the oldest segment's last record is not final"
+    replace_file(ack_path(oldest), encode_ack(oldest.stat().st_size))
+    assert writer.flush(timeout=5)
+    writer.close()
 
 
 def test_a_second_relay_for_the_same_directory_stands_down(
