@@ -40,7 +40,7 @@ from sdk_runner import busy_work
 from flameup_analytics import Client
 from flameup_analytics.relay import relay_pid
 
-TARGETS = {"p50_us": 5, "p99.9_us": 60, "cpu_us_per_event": 10, "host_slowdown_pct": 1}
+TARGETS = {"p50_us": 5, "p99.9_us": 60, "loop_cpu_us_per_event": 10, "host_slowdown_pct": 1}
 #: The CPU-bound host's variants, in the order of the first round (later rounds rotate it).
 HOST_MODES = ("disabled", "relay", "in_process")
 
@@ -83,6 +83,7 @@ def latency_and_cpu(
         start_cpu = time.process_time()
         for i in range(calls):
             track(f"user_{i % 1000}", "page_viewed", {"page": "/pricing", "plan": "pro", "amount": 19.9})
+        track_cpu = time.process_time() - start_cpu
         flushed = client.flush(timeout=120) and timed_flushed
         sdk_cpu = time.process_time() - start_cpu
         stats = client.stats()
@@ -92,6 +93,9 @@ def latency_and_cpu(
     return {
         "track_us": percentiles(samples),
         "cpu_us_per_event": sdk_cpu / calls * 1e6,
+        # The loop alone: relay mode's appends (issue 12's target), the in-process mode's
+        # track() calls and whatever its worker delivered meanwhile.
+        "loop_cpu_us_per_event": track_cpu / calls * 1e6,
         "flushed": flushed,
         "stats": {name: getattr(stats, name) for name in ("delivered", "dropped", "spooled", "replayed")},
     }
@@ -307,7 +311,8 @@ def main(argv: list[str] | None = None) -> int:
             track = cost["track_us"]
             print(
                 f"fsync={mode}: track() p50 {track['p50']:.1f} us, p99 {track['p99']:.1f} us, "
-                f"p99.9 {track['p99.9']:.1f} us; host CPU per event {cost['cpu_us_per_event']:.1f} us"
+                f"p99.9 {track['p99.9']:.1f} us; host CPU per event {cost['loop_cpu_us_per_event']:.1f} us "
+                f"in the loop, {cost['cpu_us_per_event']:.1f} us until flushed"
             )
         return 0
     with ServerProcess() as server, tempfile.TemporaryDirectory() as scratch:
@@ -334,7 +339,10 @@ def main(argv: list[str] | None = None) -> int:
         f"track() in relay mode: p50 {track['p50']:.1f} us, p99.9 {track['p99.9']:.1f} us, "
         f"max {track['max']:.0f} us"
     )
-    print(f"host CPU per event: {results['cpu_us_per_event']:.1f} us; flushed: {results['flushed']}")
+    print(
+        f"host CPU per event: {results['loop_cpu_us_per_event']:.1f} us in the loop, "
+        f"{results['cpu_us_per_event']:.1f} us until flushed; flushed: {results['flushed']}"
+    )
     default = results["in_process"]
     print(
         f"in-process mode, same run: p50 {default['track_us']['p50']:.1f} us, "
