@@ -267,6 +267,7 @@ class Relay:
         timeout: float = 10.0,
         poll_interval: float = 0.02,
         rescan_interval: float = 1.0,
+        read_again_after: float = READ_AGAIN_AFTER,
         exit_when_idle: float | None = None,
         drain_timeout: float = 10.0,
     ) -> None:
@@ -282,7 +283,7 @@ class Relay:
             timeout=timeout,
             spool_dir=False,
         )
-        self._spool = RelaySpool(self.directory)
+        self._spool = RelaySpool(self.directory, read_again_after)
         self._ledger = Ledger(NoSpool(), self._on_error)
         self._queue = MessageQueue(1, 1)
         self._worker = Worker(

@@ -546,7 +546,7 @@ class Worker:
         if self._stopping:
             # No new record; the segments are released (acked as far as they got) once those in
             # flight are answered, so what they delivered is not sent again by the next process.
-            if self._segment is None and self._finishing is None:
+            if self._no_segment_open:
                 self._end_replay_pass(ReplayEnd.PAUSED)
             return
         while not self._replay_halted and not len(self._queue):
@@ -566,8 +566,13 @@ class Worker:
             if segment.admitted_all or not self._limit.has_room(self._in_flight, now):
                 return
             self._admit_record(segment)
-        if self._replay_halted and self._segment is None and self._finishing is None:
+        if self._replay_halted and self._no_segment_open:
             self._end_replay_pass(ReplayEnd.FAILED)
+
+    @property
+    def _no_segment_open(self) -> bool:
+        """Neither the segment being sent nor the one whose last answers come back is open."""
+        return self._segment is None and self._finishing is None
 
     def _replay_wanted(self, now: float) -> bool:
         assert self._spool is not None

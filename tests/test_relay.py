@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -34,7 +35,14 @@ from flameup_analytics.relay import (
     relay_pid,
     rotate_log,
 )
-from flameup_analytics.relay_process import LiveBatch, Relay, RelaySpool, backlog
+from flameup_analytics.relay_process import (
+    READ_AGAIN_AFTER,
+    LiveBatch,
+    LiveSegmentReader,
+    Relay,
+    RelaySpool,
+    backlog,
+)
 from flameup_analytics.spool import DiskSpool, SegmentReader, ack_path, read_ack, replace_file
 from flameup_analytics.testing import Fault, LocalServer, capture
 
@@ -80,7 +88,12 @@ def _stop_relays(directory: Path) -> None:
 
 
 @contextmanager
-def _running_relay(server: LocalServer, directory: Path, ordering: Ordering = "relaxed") -> Iterator[Relay]:
+def _running_relay(
+    server: LocalServer,
+    directory: Path,
+    ordering: Ordering = "relaxed",
+    read_again_after: float = READ_AGAIN_AFTER,
+) -> Iterator[Relay]:
     """A relay for ``directory`` in a thread of this process (so its pid is ours), stopped after."""
     relay = Relay(
         directory,
@@ -89,6 +102,7 @@ def _running_relay(server: LocalServer, directory: Path, ordering: Ordering = "r
         host=server.url,
         ordering=ordering,
         rescan_interval=0.1,
+        read_again_after=read_again_after,
     )
     thread = threading.Thread(target=relay.run, daemon=True)
     thread.start()
@@ -266,6 +280,33 @@ def test_a_later_read_never_acks_past_a_record_the_pass_left_unfinal(tmp_path: P
     assert _keys(batch) == ["k2", "k3"]
     batch.release()
     writer.close()
+
+
+def test_a_relay_reading_on_within_its_passes_delivers_every_record_once_and_acks_them_all(
+    server: LocalServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server.latency = 0.02  # so that a batch's last answers are still to come when the next is read
+    read_behind_another: list[bool] = []
+    made = LiveSegmentReader.__init__
+
+    def spy(self: LiveSegmentReader, *args: Any, **kwargs: Any) -> None:
+        made(self, *args, **kwargs)
+        read_behind_another.append(self._before is not None)
+
+    monkeypatch.setattr(LiveSegmentReader, "__init__", spy)
+    with _running_relay(server, tmp_path / "spool", read_again_after=0.0) as relay:
+        writer = _writer(relay.directory)
+        for burst in range(6):
+            for number in range(burst * 50, burst * 50 + 50):
+                assert writer.append(_message(number, f"user{number % 7}"))
+            sent = burst * 50
+            assert wait_until(lambda sent=sent: len(server.requests) > sent)
+        assert writer.flush(timeout=30)
+        (segment,) = DiskSpool(relay.directory).segments()
+        assert read_ack(segment) == segment.stat().st_size
+        writer.close()
+    assert any(read_behind_another), "no batch was read while the one before it was in flight"
+    assert _delivered_keys(server) == collections.Counter(f"k{n}" for n in range(300))
 
 
 def test_flush_waits_for_every_segment_whichever_the_relay_finishes_first(tmp_path: Path) -> None:
