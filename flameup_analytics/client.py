@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import logging
 import os
 import sys
 import threading
@@ -13,7 +12,8 @@ import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import Any, Literal, Protocol
 
-from . import _config, lifecycle, spool
+from . import _config, _log, lifecycle, spool
+from ._log import logger
 from ._version import __version__
 from .connections import RequestTemplate, carrier_for
 from .delivery import Outcome, Result, api_error, deliver
@@ -49,8 +49,6 @@ from .retry import RetryPolicy
 from .spool import DEFAULT_MAX_BYTES, DiskSpool, NoSpool, default_directories
 from .transport import HTTPTransport, Request, Transport
 from .worker import Worker
-
-logger = logging.getLogger("flameup_analytics")
 
 DEFAULT_HOST = _config.DEFAULT_HOST
 USER_AGENT = (
@@ -187,7 +185,7 @@ class Client:
             retry = retry.replace(max_retries=_config.count("max_retries", max_retries, 0))
         self.retry: RetryPolicy = retry
         if debug:
-            _enable_debug_logging()
+            _log.enable_debug()
 
         self._own_transport = transport is None
         #: How the default transport is made, here and again in a forked child.
@@ -714,12 +712,3 @@ def _missing_workspace(call: str) -> ConfigurationError:
         option="workspace_id",
         env="FLAMEUP_WORKSPACE_ID",
     )
-
-
-def _enable_debug_logging() -> None:
-    sdk_logger = logging.getLogger("flameup_analytics")
-    sdk_logger.setLevel(logging.DEBUG)
-    if not sdk_logger.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-        sdk_logger.addHandler(handler)

@@ -6,20 +6,18 @@ and hands undeliverable messages to the spool.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Literal
 
+from ._log import logger
 from ._value import Value
 from .delivery import Outcome, Result
 from .errors import DeliveryError, FlameupError
 from .message import Message, Queued, public
 from .relay import RelayStats
 from .spool import Spool
-
-logger = logging.getLogger("flameup_analytics")
 
 ErrorCallback = Callable[[FlameupError, list[Message]], object]
 OutcomeResult = Literal["delivered", "rejected", "dropped", "spooled"]

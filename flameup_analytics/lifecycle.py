@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import atexit
 import functools
-import logging
 import os
 import sys
 import threading
@@ -18,12 +17,12 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from ._log import logger
 from .message import keys
 
 if TYPE_CHECKING:
     from .client import Client
 
-logger = logging.getLogger("flameup_analytics")
 
 _clients: weakref.WeakSet[Client] = weakref.WeakSet()
 _lock = threading.Lock()

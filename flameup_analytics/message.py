@@ -10,7 +10,6 @@ import enum
 import itertools
 import json
 import json.encoder
-import logging
 import math
 import os
 import sys
@@ -18,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple
 
+from ._log import logger
 from ._value import Value, set_field
 from .errors import ValidationError
 
@@ -25,7 +25,6 @@ if TYPE_CHECKING:
     import datetime as dt
     from decimal import Decimal
 
-logger = logging.getLogger("flameup_analytics")
 
 Kind = Literal["track", "identify"]
 TRACK: Final = "track"

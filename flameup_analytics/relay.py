@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
-import logging
 import os
 import sys
 import threading
@@ -35,13 +34,12 @@ try:
 except ImportError:  # Windows: no relay mode (Client refuses it)
     fcntl = None  # type: ignore[assignment]
 
+from ._log import logger
 from ._spool_format import decode_ack, decode_records, encode_record
 from ._value import Value
 from .lanes import Ordering
 from .message import Queued
 from .spool import DEFAULT_SEGMENT_BYTES, DiskSpool, ack_path, measure, open_segment, reachable
-
-logger = logging.getLogger("flameup_analytics")
 
 LOCK_NAME = "relay.lock"
 STATUS_NAME = "relay.json"

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-import logging
 import os
 import threading
 import time
@@ -21,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ._log import logger
 from ._spool_format import SEGMENT_SUFFIX, Record, appended, backlog_of
 from .client import Client
 from .connections import carrier_for
@@ -41,8 +41,6 @@ from .spool import (
     replace_file,
 )
 from .worker import Worker
-
-logger = logging.getLogger("flameup_analytics")
 
 #: How long a starting relay tries to win the election (a client's probe holds the lock briefly).
 _ELECTION_PATIENCE = 0.5

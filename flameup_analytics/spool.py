@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import logging
 import os
 import threading
 import time
@@ -32,6 +31,7 @@ try:
 except ImportError:  # Windows: no flock, so no spool shared safely between processes
     fcntl = None  # type: ignore[assignment]
 
+from ._log import logger
 from ._spool_format import (
     SEGMENT_SUFFIX,
     Record,
@@ -49,7 +49,6 @@ from .message import Queued
 #: Whether this platform has what the spool needs (POSIX file locks).
 AVAILABLE = fcntl is not None
 
-logger = logging.getLogger("flameup_analytics")
 
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 DEFAULT_SEGMENT_BYTES = 1024 * 1024

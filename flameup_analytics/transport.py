@@ -16,7 +16,6 @@ to the pool half-read.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import threading
 import time
@@ -25,6 +24,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, cast, runtime_checkable
 
 from . import _config
+from ._log import logger
 from ._redact import redact_text, redact_url
 from ._value import Value, set_field
 from .errors import ConfigurationError, TransportError
@@ -35,7 +35,6 @@ if TYPE_CHECKING:
 
     from ._http_client import Connection, LimitedSocket
 
-logger = logging.getLogger("flameup_analytics")
 
 #: The largest response body read, in bytes (1 MiB). The API's answers are a few hundred bytes;
 #: a larger one is refused as a failed attempt (``TransportError``), so a broken or hostile server

@@ -23,12 +23,12 @@ import enum
 import functools
 import heapq
 import itertools
-import logging
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
 
+from ._log import logger
 from .connections import Carrier, Exchange, RequestTemplate, internal_error_of
 from .delivery import Outcome, Result, judge
 from .errors import DeliveryError
@@ -39,8 +39,6 @@ from .message import Queued, key_of
 from .queue import MessageQueue
 from .retry import RetryPolicy, parse_retry_after
 from .spool import DiskSpool, SegmentReader
-
-logger = logging.getLogger("flameup_analytics")
 
 
 class ReplayEnd(enum.Enum):

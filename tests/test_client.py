@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 import flameup_analytics as fa
+from flameup_analytics import _log as fa_log
 from flameup_analytics.testing import Fault, LocalServer
 
 from .conftest import API_KEY, WORKSPACE, ClientFactory, settled_short_of_the_api
@@ -529,16 +530,20 @@ def test_calls_that_need_a_workspace_say_so() -> None:
     client.shutdown()
 
 
-def test_debug_adds_a_handler_and_debug_lines(server: LocalServer, make_client: ClientFactory) -> None:
+def test_debug_sets_the_level_and_adds_one_stderr_handler(
+    server: LocalServer, make_client: ClientFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
     sdk_logger = logging.getLogger("flameup_analytics")
     saved = (sdk_logger.level, list(sdk_logger.handlers))
     try:
         sdk_logger.handlers.clear()
         client = make_client(debug=True)
+        make_client(debug=True)  # a second client keeps the handler the first one added
         assert sdk_logger.level == logging.DEBUG
         assert len(sdk_logger.handlers) == 1
+        fa_log.logger.warning("a line from the SDK")
+        assert "flameup_analytics WARNING a line from the SDK" in capsys.readouterr().err
         client.track("user_1", "clicked")
         assert client.flush(timeout=5)
     finally:
-        sdk_logger.setLevel(saved[0])
         sdk_logger.handlers[:] = saved[1]

@@ -16,7 +16,8 @@ import pytest
 #: the spool's first record, ``ssl`` for the first https connection. The SDK itself never needs
 #: ``datetime``, ``decimal`` and ``uuid`` (a value of theirs exists only once the app imported them), nor
 #: ``platform``, nor ``dataclasses`` (8 ms with ``inspect``: the value types are plain classes).
-#: ``inspect`` waits for a handler decorated with ``flush_after``, ``signal`` for ``handle_signals=True``.
+#: ``inspect`` waits for a handler decorated with ``flush_after``, ``signal`` for ``handle_signals=True``,
+#: ``logging`` (5 ms with ``traceback``) for the SDK's first warning or ``debug=True``.
 DEFERRED = [
     "requests",
     "urllib3",
@@ -31,6 +32,8 @@ DEFERRED = [
     "dataclasses",
     "inspect",
     "signal",
+    "logging",
+    "traceback",
 ]
 
 

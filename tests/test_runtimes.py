@@ -154,7 +154,13 @@ def test_handle_signals_chains_the_handler_already_installed(server: LocalServer
 
 
 def test_handle_signals_keeps_ctrl_c_a_keyboard_interrupt(server: LocalServer) -> None:
-    process = spawn(server, "", "handle_signals=True")
+    # A process started by a shell's background job inherits SIGINT ignored, and Python then
+    # leaves it ignored: make the app the one this test is about, where Ctrl+C raises.
+    prelude = """
+        import signal
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    """
+    process = spawn(server, prelude, "handle_signals=True")
     process.send_signal(signal.SIGINT)
     stdout, stderr = process.communicate(timeout=30)
     assert process.returncode == 3, stderr
