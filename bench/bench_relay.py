@@ -5,6 +5,7 @@
     .venv/bin/python bench/bench_relay.py --json     # machine-readable results on stdout
     .venv/bin/python bench/bench_relay.py --fsync    # only track()'s cost per fsync mode
     .venv/bin/python bench/bench_relay.py --host     # only the CPU-bound host: slowdown per mode
+    .venv/bin/python bench/bench_relay.py --read-cost REF  # only the relay's CPU to read, vs git REF
 
 The local API runs in its own process (``bench_track.ServerProcess``, or one with an answer delay
 for the throughput runs), the relay in its own (as in production, started by the client).
@@ -14,7 +15,11 @@ work between calls); host CPU per event is this process's CPU time (all its thre
 calls, minus the same loop without the SDK. The CPU-bound host is a thread computing ~1 ms of pure
 Python per event, never sleeping, tracking after each piece of work (as ``bench_delivery.py``'s
 host scenario): its slowdown against the same loop with the SDK disabled, relay mode and
-in-process, alternated, medians of rounds. See docs/relay.md for the results.
+in-process, alternated, medians of rounds. The read cost is the relay's time to read what a writer
+appended since its last read (a batch of 4,000 records), per record, this tree and a git ref
+loaded side by side in one process, one after the other in each of 20 rounds: this machine's
+speed drifts between rounds by more than the difference, so the ratio of each pair is what counts.
+See docs/relay.md for the results.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench_delivery import calibrate_work
+from bench_delivery import calibrate_work, resolve, snapshot
 from bench_track import API_KEY, WORKSPACE_ID, ServerProcess, host_work, percentiles, time_track
 from sdk_runner import busy_work
 
@@ -272,6 +277,62 @@ def throughput(directory: Path, events: int, latency: float, delivery: str) -> f
     return events / elapsed if flushed else 0.0
 
 
+def read_cost(baseline: str, records: int = 4_000, rounds: int = 20) -> dict[str, Any]:
+    """µs per record for a relay pass to read what a writer appended since its last read: this
+    tree and ``baseline`` (a git ref, imported as ``flameup_baseline``), paired in each round."""
+    import importlib
+
+    with tempfile.TemporaryDirectory(prefix="flameup-read-cost-") as scratch:
+        snapshot(baseline, scratch)
+        os.rename(os.path.join(scratch, "flameup_analytics"), os.path.join(scratch, "flameup_baseline"))
+        sys.path.insert(0, scratch)
+        trees = {
+            name: {
+                part: importlib.import_module(f"{package}.{part}")
+                for part in ("message", "relay", "relay_process", "spool")
+            }
+            for name, package in (("tree", "flameup_analytics"), ("baseline", "flameup_baseline"))
+        }
+        sys.path.remove(scratch)
+
+    def once(modules: dict[str, Any]) -> float:
+        message = modules["message"]
+        appended = []
+        for number in range(records):
+            user = f"user_{number % 1000}"
+            _, body = message.track_body(
+                user, "page_viewed", {"page": "/pricing"}, None, 32 * 1024, message.STANDARD
+            )
+            appended.append(message.Message("track", user, body, f"key-{number}"))
+        with tempfile.TemporaryDirectory() as directory:
+            writer = modules["relay"].RelayWriter(
+                modules["spool"].DiskSpool(Path(directory)), {}, start_relay=False
+            )
+            writer.append(appended[0])
+            claims = modules["relay_process"].RelaySpool(Path(directory), read_interval=0.0).claim()
+            first = next(claims)
+            for queued in appended[1:]:
+                writer.append(queued)
+            started = time.perf_counter()
+            batch = next(claims)
+            elapsed = time.perf_counter() - started
+            assert len(batch.records) == records - 1
+            batch.release()
+            first.release()
+            writer.close()
+        return elapsed / (records - 1) * 1e6
+
+    pairs = [(once(trees["tree"]), once(trees["baseline"])) for _ in range(rounds)]
+    ratios = [tree / base for tree, base in pairs]
+    return {
+        "baseline": resolve(baseline),
+        "tree_us_per_record": round(statistics.median(tree for tree, _ in pairs), 2),
+        "baseline_us_per_record": round(statistics.median(base for _, base in pairs), 2),
+        "ratio_median": round(statistics.median(ratios), 2),
+        "ratio_quartiles": [round(q, 2) for q in statistics.quantiles(ratios, n=4)[::2]],
+    }
+
+
 def _stop_relay(directory: Path) -> None:
     """SIGTERM the directory's relay and wait until it is gone (it writes its status as it ends:
     the directory must not be removed under it)."""
@@ -293,7 +354,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--fsync", action="store_true", help="only track()'s cost per fsync mode")
     parser.add_argument("--host", action="store_true", help="only the CPU-bound host")
+    parser.add_argument("--read-cost", metavar="REF", help="only the relay's cost to read, beside git REF")
     args = parser.parse_args(argv)
+    if args.read_cost:
+        cost = read_cost(args.read_cost)
+        print(
+            json.dumps(cost, indent=2)
+            if args.json
+            else f"relay read, us per record: {cost['tree_us_per_record']} (this tree), "
+            f"{cost['baseline_us_per_record']} ({args.read_cost}); ratio of pairs {cost['ratio_median']} "
+            f"(quartiles {cost['ratio_quartiles'][0]}-{cost['ratio_quartiles'][1]})"
+        )
+        return 0
     calls, trials, events = (20_000, 10, 5_000) if args.quick else (100_000, 50, 20_000)
     host_seconds, host_rounds = (2.0, 1) if args.quick else (4.0, 7)
     if args.host:

@@ -126,38 +126,39 @@ class LiveSegmentReader(SegmentReader):
 
 class LiveBatch(SegmentReader):
     """The new records of every live segment of a pass, as one reader, so the worker sends them
-    together: one segment at a time would wait for each writer's slowest request in turn. Each
-    record keeps its place among its own segment's; its ``end`` here is its position in the batch,
-    which ``ack`` maps back to each segment's offsets."""
+    together: one segment at a time would wait for each writer's slowest request in turn. The
+    records follow one another segment by segment, each keeping its segment's offset as its
+    ``end``; the batch is acked by count (:meth:`ack_records`), which finds each segment's part.
 
-    def __init__(self, parts: list[LiveSegmentReader]) -> None:
+    A sealed segment that follows a live one joins the batch behind it (and is deleted with it):
+    its writer may have moved on to it from the live one, so its records are newer and must not
+    be sent first."""
+
+    def __init__(self, parts: list[SegmentReader]) -> None:
         records: list[Record] = []
-        #: Where each segment's records begin in the batch (they follow one another, segment by
-        #: segment), so an ack finds the segments it covers without walking the records.
+        #: Where each segment's records begin in the batch, so an ack finds the segments it
+        #: covers without walking the records.
         self._starts: list[int] = []
         for part in parts:
             self._starts.append(len(records))
-            records.extend(
-                Record(record.message, record.created, position)
-                for position, record in enumerate(part.records, len(records) + 1)
-            )
-        super().__init__(parts[0].path, -1, records, 0, 0)
+            records += part.records
+        super().__init__(parts[0].path, -1, records, 0, sum(part.size for part in parts))
         self._parts = parts
         #: Parts before this one are acked to their last record.
         self._first_open = 0
         self._acked_in_part = 0
 
-    def ack(self, end: int) -> bool:
-        """Every record of the batch up to position ``end`` is final: ack each segment that far."""
+    def ack_records(self, count: int) -> bool:
+        """The batch's first ``count`` records are final: ack each segment that far."""
         written = True
         index = self._first_open
-        while index < len(self._parts) and self._starts[index] < end:
+        while index < len(self._parts) and self._starts[index] < count:
             part = self._parts[index]
-            count = min(end - self._starts[index], len(part.records))
-            if count > (self._acked_in_part if index == self._first_open else 0):
-                written = part.ack(part.records[count - 1].end) and written
-            if count < len(part.records):
-                self._first_open, self._acked_in_part = index, count
+            covered = min(count - self._starts[index], len(part.records))
+            if covered > (self._acked_in_part if index == self._first_open else 0):
+                written = part.ack_records(covered) and written
+            if covered < len(part.records):
+                self._first_open, self._acked_in_part = index, covered
                 return written
             index += 1
         self._first_open, self._acked_in_part = index, 0
@@ -190,27 +191,27 @@ class RelaySpool(DiskSpool):
         self._readers.clear()
         while True:
             read_at = time.monotonic()
-            live: list[LiveSegmentReader] = []
+            batch: list[SegmentReader] = []
             for path in self.segments():
                 # Exclusive fails while its writer, or a reader of ours with records in flight,
                 # holds it: a segment sealed during a long pass is still deleted in that pass.
-                reader: SegmentReader | None = SegmentReader.open(path, self.warnings)
-                if reader is None:
-                    reader = self._open_live(path)
-                    if reader is not None:
-                        live.append(reader)
-                        reader = None
-                else:
+                reader = SegmentReader.open(path, self.warnings)
+                if reader is not None:
                     self._cursors.pop(path.name, None)
                     self._readers.pop(path.name, None)
-                if reader is not None:
                     self.count_corrupt(reader)
-                    yield reader
-            for reader in live:
-                self.count_corrupt(reader)
-            if not live:
+                    if batch:  # behind a live segment: see LiveBatch
+                        batch.append(reader)
+                    else:
+                        yield reader
+                    continue
+                live = self._open_live(path)
+                if live is not None:
+                    self.count_corrupt(live)
+                    batch.append(live)
+            if not batch:
                 return
-            yield LiveBatch(live)
+            yield LiveBatch(batch)
             # The worker asks for the next batch once this one's records were all sent, while
             # their last answers come back: reading again then keeps the API busy, where ending
             # the pass left it one round trip idle (see READ_AGAIN_AFTER).
@@ -234,8 +235,7 @@ class RelaySpool(DiskSpool):
         if cursor is None:
             records, corrupt = appended(data, read_ack(path))
         else:
-            records, corrupt = appended(data, 0, trusted=True)
-            records = [record._replace(end=record.end + cursor) for record in records]
+            records, corrupt = appended(data, 0, trusted=True, base=cursor)
         if not records:
             os.close(fd)
             return None

@@ -483,6 +483,10 @@ class SegmentReader:
         self._warnings.warn("ack", "cannot record replay progress in %s (%s)", ack, error)
         return False
 
+    def ack_records(self, count: int) -> bool:
+        """The first ``count`` records are final: :meth:`ack` up to the end of the last of them."""
+        return self.ack(self.records[count - 1].end)
+
     def delete(self) -> bool:
         """Every record is final: remove the segment (while still holding its lock), then its
         ack; True when it is gone. Never raises: a failure is logged once a minute."""

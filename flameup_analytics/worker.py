@@ -553,7 +553,15 @@ class Worker:
                 self._finishing, self._segment = segment, None
                 continue
             if segment is None:
-                reader = next(self._claims, None)
+                try:
+                    reader = next(self._claims, None)
+                except Exception:
+                    # Not the API's fault, but the pass cannot go on: it ends as failed (so
+                    # replay_spool() says so, and the next pass waits for the backoff).
+                    logger.exception("the spool could not be read; the replay pass stops")
+                    self._ledger.count_internal_error()
+                    self._replay_halted = True
+                    break
                 if reader is None:
                     if self._finishing is None:
                         self._end_replay_pass(ReplayEnd.DRAINED)
@@ -619,7 +627,7 @@ class Worker:
         if acked > segment.acked and (acked - segment.acked >= self._batch_size or stopped):
             # An ack that cannot be written (a full disk) costs duplicates after a crash, no more:
             # the pass goes on from memory, and a finished segment is deleted all the same.
-            segment.reader.ack(segment.records[acked - 1].end)
+            segment.reader.ack_records(acked)
             segment.acked = acked
         if stopped and segment.open == 0:
             segment.reader.release()
@@ -640,7 +648,7 @@ class Worker:
             if segment is not None:
                 acked = segment.extend_final_run()
                 if acked > segment.acked:
-                    segment.reader.ack(segment.records[acked - 1].end)
+                    segment.reader.ack_records(acked)
                 segment.reader.release()
                 segment.closed = True
         self._segment = self._finishing = None

@@ -174,11 +174,11 @@ def test_the_live_segments_of_all_writers_are_sent_as_one_batch_and_acked_each_i
         records = appended(path.read_bytes(), 0)[0]
         ends[records[0].message.key] = (path, [record.end for record in records])
     (mine, my_ends), (theirs, their_ends) = ends["k0"], ends["k10"]
-    batch.ack(2)
+    batch.ack_records(2)
     assert (read_ack(mine), read_ack(theirs)) == (my_ends[1], 0)
-    batch.ack(4)  # the first writer's three records and the second's first are final
+    batch.ack_records(4)  # the first writer's three records and the second's first are final
     assert (read_ack(mine), read_ack(theirs)) == (my_ends[2], their_ends[0])
-    batch.ack(5)
+    batch.ack_records(5)
     assert (read_ack(mine), read_ack(theirs)) == (my_ends[2], their_ends[1])
     batch.delete()  # all final: each acked to its end, and kept (their writers still hold them)
     assert (read_ack(mine), read_ack(theirs)) == (my_ends[2], their_ends[2])
@@ -231,6 +231,29 @@ def test_a_segment_sealed_during_a_pass_is_claimed_and_deleted_in_that_pass(tmp_
     writer.close()
 
 
+def test_a_segment_sealed_behind_one_read_live_waits_for_it_in_the_same_batch(tmp_path: Path) -> None:
+    # The writer appended to its segment, filled it and sealed the next one while the pass had
+    # records of the first in flight: the first is still read live (our lock keeps it), the second
+    # could be claimed alone, but its records are newer and must not be sent before the first's.
+    two_records = len(encode_record(_message(0), 0.0)) + 1  # k0 and k1 fit, k2 starts a segment
+    writer = RelayWriter(DiskSpool(tmp_path), {}, start_relay=False, segment_bytes=two_records)
+    writer.append(_message(0))
+    claims = RelaySpool(tmp_path, read_interval=0.0).claim()
+    first = next(claims)
+    writer.append(_message(1))
+    writer.append(_message(2))
+    writer.close()  # both sealed
+    second = next(claims)
+    assert _keys(second) == ["k1", "k2"]
+    assert next(claims, None) is None
+    first.delete()
+    second.delete()
+    (kept,) = DiskSpool(tmp_path).segments()  # the sealed one is deleted; the one read live...
+    (last,) = RelaySpool(tmp_path).claim()
+    assert _keys(last) == [] and last.delete(), "...is acked to its end, and the next pass deletes it"
+    assert not kept.exists()
+
+
 def test_a_pass_does_not_read_a_live_segment_back_to_back(tmp_path: Path) -> None:
     writer = _writer(tmp_path)
     writer.append(_message(0))
@@ -238,6 +261,19 @@ def test_a_pass_does_not_read_a_live_segment_back_to_back(tmp_path: Path) -> Non
     assert _keys(next(claims)) == ["k0"]
     writer.append(_message(1))
     assert next(claims, None) is None, "read again at once: the next pass will take it"
+    writer.close()
+
+
+def test_a_segment_first_met_with_an_ack_is_read_from_it(tmp_path: Path) -> None:
+    # A relay that followed another (killed after its ack) does not send k0 and k1 again.
+    writer = _writer(tmp_path)
+    for number in range(4):
+        writer.append(_message(number))
+    (segment,) = DiskSpool(tmp_path).segments()
+    replace_file(ack_path(segment), encode_ack(_ends(segment)[1]))
+    (batch,) = RelaySpool(tmp_path).claim()
+    assert _keys(batch) == ["k2", "k3"] and batch.corrupt == 0
+    batch.release()
     writer.close()
 
 
@@ -254,7 +290,7 @@ def test_the_acks_of_a_later_read_wait_until_every_record_before_them_is_final(t
     ends = _ends(segment)
     second.delete()  # its records answered first
     assert read_ack(segment) == 0, "an ack past records still in flight would lose them in a crash"
-    first.ack(2)
+    first.ack_records(2)
     assert read_ack(segment) == ends[1]
     first.delete()  # the last record before the second read is final: both acks go out
     assert read_ack(segment) == ends[4]
@@ -271,7 +307,7 @@ def test_a_later_read_never_acks_past_a_record_the_pass_left_unfinal(tmp_path: P
     writer.append(_message(3))
     second = next(claims)
     (segment,) = DiskSpool(tmp_path).segments()
-    first.ack(2)
+    first.ack_records(2)
     second.delete()
     first.release()  # the pass failed with k2 in flight
     assert read_ack(segment) == _ends(segment)[1]
@@ -361,7 +397,7 @@ def test_the_backlog_counts_what_follows_each_ack_and_dates_the_oldest(tmp_path:
         "oldest": first.created,
     }
     (batch,) = RelaySpool(tmp_path).claim()
-    batch.ack(1)
+    batch.ack_records(1)
     waiting = backlog(tmp_path)
     assert waiting["records"] == 2 and waiting["bytes"] == segment.stat().st_size - first.end
     writer.close()

@@ -27,6 +27,7 @@ import flameup_analytics.spool as spool_module
 from flameup_analytics._spool_format import encode_record
 from flameup_analytics.spool import DiskSpool, SegmentReader
 
+from .conftest import ClientFactory
 from .test_spool_format import keys, message, replay_all
 
 
@@ -456,3 +457,20 @@ def test_a_forked_child_leaves_its_parents_unsealed_segments_alone(tmp_path: Pat
             reader.release()
     spool.close()
     assert sorted(keys(replay_all(tmp_path))) == sorted(f"key-{n}" for n in (0, 1, 2, 3, 100))
+
+
+def test_a_spool_that_cannot_be_read_ends_the_replay_pass_as_failed_not_drained(
+    tmp_path: Path,
+    make_client: ClientFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def claim(self: DiskSpool) -> Iterator[SegmentReader]:
+        raise RuntimeError("a failure no reader catches")
+        yield  # a generator, as claim() is
+
+    monkeypatch.setattr(DiskSpool, "claim", claim)
+    client = make_client(spool_dir=tmp_path / "spool")
+    assert client.replay_spool(timeout=10) is False, "a pass that could not read the spool drained nothing"
+    assert client.stats().internal_errors >= 1
+    assert logged(caplog, "the spool could not be read; the replay pass stops") >= 1
