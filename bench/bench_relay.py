@@ -36,7 +36,7 @@ import tempfile
 import textwrap
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from bench_delivery import calibrate_work, resolve, snapshot
 from bench_track import API_KEY, WORKSPACE_ID, ServerProcess, host_work, percentiles, time_track
@@ -48,6 +48,10 @@ from flameup_analytics.relay import relay_pid
 TARGETS = {"p50_us": 5, "p99.9_us": 60, "loop_cpu_us_per_event": 10, "host_slowdown_pct": 1}
 #: The CPU-bound host's variants, in the order of the first round (later rounds rotate it).
 HOST_MODES = ("disabled", "relay", "in_process")
+Delivery = Literal["relay", "in_process"]
+DELIVERIES: tuple[Delivery, ...] = ("relay", "in_process")
+Fsync = Literal["never", "interval", "always"]
+FSYNC_MODES: tuple[Fsync, ...] = ("never", "interval", "always")
 
 _KILLED_HOST = textwrap.dedent(
     """
@@ -63,7 +67,7 @@ _KILLED_HOST = textwrap.dedent(
 
 
 def latency_and_cpu(
-    url: str, directory: Path, calls: int, delivery: str, fsync: str = "never"
+    url: str, directory: Path, calls: int, delivery: Delivery, fsync: Fsync = "never"
 ) -> dict[str, Any]:
     # A queue that holds every call: in the in-process mode, the default (10,000) would spill the
     # rest of the timed calls to the spool, and time those writes instead of track().
@@ -72,8 +76,8 @@ def latency_and_cpu(
         WORKSPACE_ID,
         host=url,
         spool_dir=directory,
-        delivery=delivery,  # type: ignore[arg-type]
-        fsync=fsync,  # type: ignore[arg-type]
+        delivery=delivery,
+        fsync=fsync,
         max_queue_size=2 * calls + 1,
     )
     try:
@@ -113,7 +117,7 @@ def fsync_costs(url: str, scratch: Path, calls: int) -> dict[str, Any]:
         mode: latency_and_cpu(
             url, scratch / f"fsync-{mode}", min(calls, 5_000) if mode == "always" else calls, "relay", mode
         )
-        for mode in ("never", "interval", "always")
+        for mode in FSYNC_MODES
     }
 
 
@@ -247,7 +251,7 @@ _SERVER_WITH_LATENCY = textwrap.dedent(
 ).format(api_key=API_KEY, workspace=WORKSPACE_ID)
 
 
-def throughput(directory: Path, events: int, latency: float, delivery: str) -> float:
+def throughput(directory: Path, events: int, latency: float, delivery: Delivery) -> float:
     """Events per second from the first track() to a flush() that returned True, one process
     tracking as fast as it can, against a local API answering after ``latency`` seconds."""
     server = subprocess.Popen(
@@ -260,7 +264,7 @@ def throughput(directory: Path, events: int, latency: float, delivery: str) -> f
     url = server.stdout.readline().strip()
     client = Client(
         API_KEY, WORKSPACE_ID, host=url, spool_dir=directory, delivery=delivery, max_queue_size=10 * events
-    )  # type: ignore[arg-type]
+    )
     try:
         client.track("warmup", "e")
         client.flush(timeout=30)
@@ -398,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
                 throughput(Path(scratch) / f"t-{mode}-{latency}", events, latency, mode)
             )
             for latency in (0.0, 0.05)
-            for mode in ("relay", "in_process")
+            for mode in DELIVERIES
         }
         report = server.stop()
     results["server_accepted"] = report.get("accepted")

@@ -192,7 +192,7 @@ def time_baseline(calls: int, warmup: int) -> list[int]:
     """The same loop doing only what any SDK must minimally do: encode the event, append it."""
     clock = time.perf_counter_ns
     dumps = json.dumps
-    append = deque().append
+    append = deque[str]().append
     samples = [0] * calls
     for i in range(-warmup, calls):
         host_work()
@@ -402,7 +402,7 @@ def run(config: dict[str, int], progress: Callable[[str], None]) -> dict[str, An
     for r in range(config["latency_rounds"]):
         progress(f"latency round {r + 1}/{config['latency_rounds']} ({calls:,} calls per variant)")
         rounds.append(latency_round(calls, warmup, r))
-    latency = {
+    latency: dict[str, Any] = {
         variant: {"median": median_of([r[variant] for r in rounds]), "rounds": [r[variant] for r in rounds]}
         for variant in ("sdk", "baseline", "idle")
     }

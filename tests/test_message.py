@@ -406,7 +406,7 @@ class Translated(str):
 
 _STRING_SUBCLASS_IDS: list[Any] = [PlanName.PRO, Translated("pro"), _Hostile("pro")]
 if hasattr(enum, "StrEnum"):  # Python 3.11+
-    _STRING_SUBCLASS_IDS.append(enum.StrEnum("Plans", {"PRO": "pro"}).PRO)  # type: ignore[attr-defined]
+    _STRING_SUBCLASS_IDS.append(enum.StrEnum("Plans", {"PRO": "pro"}).PRO)
 
 
 @pytest.mark.parametrize("value", _STRING_SUBCLASS_IDS, ids=lambda value: type(value).__name__)

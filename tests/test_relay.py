@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import os
 import random
@@ -67,6 +68,10 @@ def _delivered_keys(server: LocalServer) -> collections.Counter[str]:
 def _writer(directory: Path) -> RelayWriter:
     """A writer that never starts a relay of its own: the test runs the relay."""
     return RelayWriter(DiskSpool(directory), {}, start_relay=False)
+
+
+def _more_requests_than(server: LocalServer, count: int) -> bool:
+    return len(server.requests) > count
 
 
 def _relay_client(server: LocalServer, directory: Path) -> fa.Client:
@@ -336,7 +341,7 @@ def test_a_relay_reading_on_within_its_passes_delivers_every_record_once_and_ack
             for number in range(burst * 50, burst * 50 + 50):
                 assert writer.append(_message(number, f"user{number % 7}"))
             sent = burst * 50
-            assert wait_until(lambda sent=sent: len(server.requests) > sent)
+            assert wait_until(functools.partial(_more_requests_than, server, sent))
         assert writer.flush(timeout=30)
         (segment,) = DiskSpool(relay.directory).segments()
         assert read_ack(segment) == segment.stat().st_size
@@ -575,7 +580,7 @@ def test_a_writer_whose_directory_was_removed_writes_what_followed_again_or_hand
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     directory = tmp_path / "spool"
-    handed_over: list[str] = []
+    handed_over: list[int | str] = []
     writer = RelayWriter(
         DiskSpool(directory), {}, start_relay=False, fallback=lambda message: handed_over.append(message[3])
     )

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ import flameup_analytics as fa
 from flameup_analytics import lifecycle
 from flameup_analytics.errors import DeliveryError
 from flameup_analytics.ledger import Ledger
-from flameup_analytics.message import Message
+from flameup_analytics.message import Message, Queued
 from flameup_analytics.spool import DiskSpool, NoSpool, summarize
 from flameup_analytics.testing import Fault, LocalServer
 
@@ -287,7 +288,7 @@ def test_several_clients_at_exit_share_one_deadline(monkeypatch: pytest.MonkeyPa
     # A clock that only moves when a client "spends" the time it was given: the deadline
     # arithmetic is checked exactly, whatever the machine's load.
     clock = [1000.0]
-    monkeypatch.setattr(lifecycle.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
     given: dict[float, float] = {}
     clients = []
     for shutdown_timeout in (0.3, 0.6, 0.9):
@@ -457,7 +458,7 @@ def test_a_failure_in_a_segment_finishing_beside_the_next_keeps_only_what_failed
 
 def test_drop_and_rejection_warnings_come_at_most_once_a_minute(caplog: pytest.LogCaptureFixture) -> None:
     ledger = Ledger(NoSpool(), None)
-    message = ("track", "user_1", b"{}", "key-1")
+    message: Queued = ("track", "user_1", b"{}", "key-1")
     rejected = fa.Outcome(fa.Result.REJECTED, 1, fa.Response(404, body=b'{"error":{"message":"nope"}}'))
     rejected = fa.Outcome(rejected.result, 1, rejected.response, fa.APIError("nope", status=404))
     with freeze_time("2026-01-01 00:00:00") as clock, caplog.at_level(logging.WARNING, "flameup_analytics"):

@@ -30,8 +30,10 @@ def local_zone(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) 
     time.tzset()
 
 
-def _utc(*fields: int) -> dt.datetime:
-    return dt.datetime(*fields, tzinfo=UTC)  # type: ignore[misc]
+def _utc(
+    year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0, microsecond: int = 0
+) -> dt.datetime:
+    return dt.datetime(year, month, day, hour, minute, second, microsecond, tzinfo=UTC)
 
 
 #: Instants around each zone's 2026 transitions (the UTC instant of the change itself, a

@@ -7,6 +7,7 @@ import http.client
 import http.server
 import socket
 import threading
+import urllib.parse
 from collections.abc import Iterator
 
 import pytest
@@ -83,7 +84,7 @@ class _Proxy(http.server.BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         self.seen.append((self.path, self.headers.get("Proxy-Authorization")))
-        url = http.client.urlsplit(self.path)
+        url = urllib.parse.urlsplit(self.path)
         upstream = http.client.HTTPConnection(url.hostname or "", url.port)
         body = self.rfile.read(int(self.headers["Content-Length"]))
         headers = {k: v for k, v in self.headers.items() if k.lower() not in ("proxy-authorization", "host")}
